@@ -1,0 +1,48 @@
+"""plex-cdn: reads the stack's configuration once, builds the graph, exports what the user needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+
+from components.stack import build_stack
+from plexcdn.config import NAMESPACE, TOP_LEVEL_KEYS, ConfigError, StackConfig, parse_config
+from plexcdn.cost import estimate
+from plexcdn.regions import PRICES_AS_OF
+
+
+def read_config() -> StackConfig:
+    settings = pulumi.Config(NAMESPACE)
+    values: dict[str, object] = {}
+    for key, kind in TOP_LEVEL_KEYS.items():
+        value = settings.get(key) if kind == "scalar" else settings.get_object(key)
+        if value is not None:
+            values[key] = value
+    try:
+        config = parse_config(values, pulumi.get_stack())
+    except ConfigError as error:
+        # RunError ends the program with the message alone, before any resource is registered.
+        raise pulumi.RunError(f"{error}\nFix the settings in Pulumi.{pulumi.get_stack()}.yaml") from None
+    for warning in config.warnings:
+        pulumi.log.warn(warning)
+    return config
+
+
+config = read_config()
+stack = build_stack(config, Path("build") / config.stack)
+pulumi.export("sharedUrl", stack.shared_url)
+pulumi.export("plexCustomServerAccessUrl", stack.plex_custom_access_url)
+pulumi.export(
+    "pops",
+    {
+        name: {"name": pop.name, "role": pop.role, "ipv4": pop.ipv4, "ipv6": pop.ipv6}
+        for name, pop in stack.pops.items()
+    },
+)
+pulumi.export("originAllowList", stack.origin_allow_list)
+pulumi.export(
+    "monthlyCostEstimateUsd", {"total": stack.monthly_cost_usd, "pricesAsOf": PRICES_AS_OF, **estimate(config).vms_usd}
+)
+if stack.home_wireguard_config is not None:
+    pulumi.export("homeWireguardConfig", stack.home_wireguard_config)

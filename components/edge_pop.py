@@ -1,0 +1,160 @@
+"""A POP: the VM with its firewall and first boot (nginx, certbot, sysctl), then its nginx config,
+delivered and reloaded in place over SSH whenever it changes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_command as command
+import pulumi_tls as tls
+
+from components.outputs import secret
+from components.vm import WORLD, FirewallRule, VmSpec, create_vm
+from plexcdn import render, topology
+from plexcdn.config import StackConfig
+
+PEER_CERT_VALIDITY_HOURS = 5 * 365 * 24
+SSH_DIAL_ATTEMPTS = 60  # a fresh VM needs a minute or more before its SSH answers
+SSH_DIAL_TIMEOUT_S = 15
+
+
+@dataclass(frozen=True)
+class EdgePopArgs:
+    config: StackConfig
+    pop: str
+    certbot_access_key_id: pulumi.Output[str]
+    certbot_secret_access_key: pulumi.Output[str]
+    deploy_public_key: pulumi.Output[str]
+    deploy_private_key: pulumi.Output[str]
+    peer_ca_cert_pem: pulumi.Output[str]
+    peer_ca_private_key_pem: pulumi.Output[str]
+    upstream_address: pulumi.Output[str] | None  # the upstream POP's IPv4; None for a hub
+    build_dir: Path  # where the nginx release is written for CopyToRemote, relative to the project
+
+
+def firewall_rules(config: StackConfig, pop: str) -> list[FirewallRule]:
+    """SSH from the admin's network only; web ports open; the peer port only where POPs connect."""
+    place = topology.place(config, pop)
+    rules = [
+        FirewallRule("tcp", 22, [str(config.admin.cidr)], "ssh-admin"),
+        FirewallRule("tcp", 80, list(WORLD), "http"),
+        FirewallRule("tcp", 443, list(WORLD), "https"),
+    ]
+    if place.downstream:
+        # Open to all because peers prove themselves with client certificates, not addresses.
+        rules.append(FirewallRule("tcp", render.PEER_PORT, list(WORLD), "peer-pops"))
+    if place.role == "hub" and config.origin.link == "wireguard":
+        rules.append(FirewallRule("udp", config.origin.wireguard_port, list(WORLD), "wireguard"))
+    return rules
+
+
+class EdgePop(pulumi.ComponentResource):
+    ipv4: pulumi.Output[str]
+    ipv6: pulumi.Output[str]
+    vm_id: pulumi.Output[str]
+    connection: command.remote.ConnectionArgs
+    ready: pulumi.Resource  # the deploy command: the POP serves its config once it has run
+
+    def __init__(self, name: str, args: EdgePopArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        config = args.config
+        place = topology.place(config, args.pop)
+        if (place.role == "edge") != (args.upstream_address is not None):
+            raise ValueError(f"POP {args.pop}: an upstream address is needed exactly when its upstream is a POP")
+        super().__init__("plex-cdn:edge_pop:EdgePop", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        user_data = secret(
+            pulumi.Output.all(args.certbot_access_key_id, args.certbot_secret_access_key, args.deploy_public_key).apply(
+                lambda values: render.cloud_init(config, args.pop, render.BootValues(*values))
+            )
+        )
+        vm = create_vm(
+            VmSpec(
+                name=name,
+                provider=place.pop.provider,
+                region=place.pop.region,
+                size=place.pop.size,
+                user_data=user_data,
+                deploy_public_key=args.deploy_public_key,
+                firewall_rules=firewall_rules(config, args.pop),
+                tags=["plex-cdn", f"plex-cdn-{config.stack}", f"plex-cdn-{place.role}"],
+            ),
+            parent=self,
+        )
+        self.ipv4, self.ipv6, self.vm_id = vm.ipv4, vm.ipv6, vm.id
+        self.connection = command.remote.ConnectionArgs(
+            host=vm.ipv4,
+            user="root",
+            private_key=args.deploy_private_key,
+            dial_error_limit=SSH_DIAL_ATTEMPTS,
+            per_dial_timeout=SSH_DIAL_TIMEOUT_S,
+        )
+
+        client_cert_pem: pulumi.Output[str] = pulumi.Output.from_input(render.PLACEHOLDER_PEER_CLIENT_CERT)
+        client_key_pem: pulumi.Output[str] | None = None
+        if place.role == "edge":
+            client_key = tls.PrivateKey(f"{name}-peer-client-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+            request = tls.CertRequest(
+                f"{name}-peer-client-csr",
+                private_key_pem=client_key.private_key_pem,
+                subject=tls.CertRequestSubjectArgs(common_name=config.pop_name(args.pop), organization="plex-cdn"),
+                opts=child,
+            )
+            client_cert = tls.LocallySignedCert(
+                f"{name}-peer-client-cert",
+                cert_request_pem=request.cert_request_pem,
+                ca_cert_pem=args.peer_ca_cert_pem,
+                ca_private_key_pem=args.peer_ca_private_key_pem,
+                validity_period_hours=PEER_CERT_VALIDITY_HOURS,
+                early_renewal_hours=30 * 24,
+                allowed_uses=["digital_signature", "key_encipherment", "client_auth"],
+                opts=child,
+            )
+            client_cert_pem = client_cert.cert_pem
+            client_key_pem = secret(client_key.private_key_pem)
+
+        upstream_address = args.upstream_address or pulumi.Output.from_input("")
+
+        def write(values: list[str]) -> tuple[str, str]:
+            address, ca_pem, cert_pem = values
+            addresses = {place.pop.upstream: address} if address else None
+            files = render.nginx_files(
+                config, args.pop, addresses=addresses, peer=render.PeerCertificates(ca_pem, cert_pem)
+            )
+            release_dir = render.write_release(files, args.build_dir / args.pop)
+            return os.path.relpath(release_dir), render.deploy_nginx_script(config, args.pop, files)
+
+        release = pulumi.Output.all(upstream_address, args.peer_ca_cert_pem, client_cert_pem).apply(write)
+        boot_wait = command.remote.Command(
+            f"{name}-boot-wait",
+            connection=self.connection,
+            create=f"cloud-init status --wait >/dev/null; install -d -m 0755 {render.NGINX_RELEASES_DIR}",
+            opts=child,
+        )
+        copy = command.remote.CopyToRemote(
+            f"{name}-nginx-release",
+            connection=self.connection,
+            source=release.apply(lambda pair: pulumi.FileArchive(pair[0])),
+            remote_path=render.NGINX_RELEASES_DIR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[boot_wait]),
+        )
+        self.ready = command.remote.Command(
+            f"{name}-nginx-deploy",
+            connection=self.connection,
+            create=release.apply(lambda pair: pair[1]),
+            stdin=client_key_pem,
+            logging=command.remote.Logging.STDOUT_AND_STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]),
+        )
+        self.register_outputs(
+            {
+                "ipv4": self.ipv4,
+                "ipv6": self.ipv6,
+                "vm_id": self.vm_id,
+                "role": place.role,
+                "name": config.pop_name(args.pop),
+            }
+        )

@@ -1,0 +1,88 @@
+"""`python -m plexcdn validate|render ...`: check and render a stack offline, without Pulumi or credentials."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from plexcdn import render, topology
+from plexcdn.config import ConfigError, StackConfig, load_stack_file
+from plexcdn.cost import estimate
+
+
+def _load(path: str) -> StackConfig | None:
+    try:
+        config = load_stack_file(Path(path))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return None
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = _load(args.stack_file)
+    if config is None:
+        return 1
+    for place in topology.places(config):
+        region = place.pop.region_info
+        route = " -> ".join([*place.path_to_origin, "origin"])
+        print(
+            f"{place.pop.name:<12} {place.role:<4} {config.pop_name(place.pop.name):<32} "
+            f"{place.pop.provider}/{place.pop.region} ({region.city}, latency region {region.aws_region})  {route}"
+        )
+    cost = estimate(config)
+    print(f"estimated monthly cost: ${cost.total_usd:.2f} (prices as of {cost.prices_as_of})")
+    print(f"{args.stack_file}: valid")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    config = _load(args.stack_file)
+    if config is None:
+        return 1
+    addresses = render.placeholder_addresses(config)
+    for item in args.address:
+        name, _, address = item.partition("=")
+        if name not in addresses or not address:
+            print(f"error: --address {item!r}: use POP=ADDRESS with POP one of {', '.join(addresses)}", file=sys.stderr)
+            return 1
+        addresses[name] = address
+    written = render.render_stack(config, Path(args.out), prefix=args.prefix, addresses=addresses)
+    for path in written:
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plexcdn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="check a stack file; exit 1 with one line per problem")
+    validate.add_argument("stack_file")
+    validate.set_defaults(handler=_validate)
+    render_cmd = commands.add_parser("render", help="write each POP's nginx config and cloud-init under --out")
+    render_cmd.add_argument("stack_file")
+    render_cmd.add_argument(
+        "--out", required=True, help="directory to write <pop>/nginx.conf, <pop>/cloud-init.yaml, ..."
+    )
+    render_cmd.add_argument(
+        "--prefix", default="", help="prepend this directory to the absolute paths in nginx.conf (labs)"
+    )
+    render_cmd.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="POP=ADDRESS",
+        help="a POP's address for its downstreams' upstream (default: TEST-NET placeholders until pulumi up)",
+    )
+    render_cmd.set_defaults(handler=_render)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""The stack's configuration: parsed once, validated whole, frozen.
+
+The same parser serves the Pulumi program (values read from `pulumi.Config`) and the offline CLI
+(values read from a `Pulumi.<stack>.yaml` file), so both reject exactly the same mistakes, and both
+report every problem at once, each naming the setting and what would be valid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+
+from plexcdn import regions
+
+NAMESPACE: Final = "plex-cdn"
+ORIGIN: Final = "origin"
+
+ACME_DIRECTORIES: Final = {
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+}
+
+# How __main__ reads each top-level key from pulumi.Config: scalars with get(), the rest with get_object().
+TOP_LEVEL_KEYS: Final[dict[str, Literal["scalar", "object"]]] = {
+    "domain": "scalar",
+    "sharedHostname": "scalar",
+    "acme": "object",
+    "origin": "object",
+    "admin": "object",
+    "nginx": "object",
+    "pops": "object",
+}
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_POP_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+\.)+[A-Za-z]{2,}$")
+_SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+
+
+class ConfigError(ValueError):
+    """The stack configuration is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid stack configuration:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    email: str
+    server: Literal["staging", "production"]
+
+    @property
+    def directory_url(self) -> str:
+        return ACME_DIRECTORIES[self.server]
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    host: str
+    port: int
+    link: Literal["public", "wireguard"]
+    verify_name: str | None
+    tunnel_subnet: ipaddress.IPv4Network
+    wireguard_port: int
+
+    @property
+    def hub_tunnel_address(self) -> ipaddress.IPv4Address:
+        return self.tunnel_subnet.network_address + 1
+
+    @property
+    def home_tunnel_address(self) -> ipaddress.IPv4Address:
+        return self.tunnel_subnet.network_address + 2
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    ssh_public_key: str
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    viewer_http2: bool = False
+    stream_timeout_s: int = 3600
+    artwork_cache_mb: int = 512
+    upstream_keepalive: int = 32
+    max_body_mb: int = 100
+
+
+@dataclass(frozen=True)
+class PopConfig:
+    name: str
+    provider: str
+    region: str
+    size: str
+    upstream: str
+
+    @property
+    def region_info(self) -> regions.Region:
+        return regions.region(self.provider, self.region)
+
+    @property
+    def size_info(self) -> regions.Size:
+        return regions.size(self.provider, self.size)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    domain: str
+    shared_label: str
+    acme: AcmeConfig
+    origin: OriginConfig
+    admin: AdminConfig
+    nginx: NginxSettings
+    pops: tuple[PopConfig, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def shared_name(self) -> str:
+        return f"{self.shared_label}.{self.domain}"
+
+    @property
+    def shared_url(self) -> str:
+        return f"https://{self.shared_name}"
+
+    @property
+    def plex_custom_access_url(self) -> str:
+        # Plex's "Custom server access URLs" setting needs the port spelt out.
+        return f"https://{self.shared_name}:443"
+
+    def pop_name(self, pop: str) -> str:
+        return f"{self.shared_label}-{pop}.{self.domain}"
+
+    def pop(self, name: str) -> PopConfig:
+        for pop in self.pops:
+            if pop.name == name:
+                return pop
+        raise KeyError(name)
+
+    def certificate_names(self, pop: str) -> tuple[str, str]:
+        """The names on a POP's certificate: the shared name and its own, the own name first (it names the lineage)."""
+        return (self.pop_name(pop), self.shared_name)
+
+    def all_certificate_names(self) -> tuple[str, ...]:
+        return tuple(sorted({name for pop in self.pops for name in self.certificate_names(pop.name)}))
+
+
+class _Problems:
+    """Collects every problem with its setting path so the user sees them all in one run."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}")
+
+
+def _is_hostname(value: str) -> bool:
+    labels = value.rstrip(".").split(".")
+    return len(value) <= 253 and len(labels) >= 2 and all(_LABEL.match(label) for label in labels)
+
+
+def _one_of(values: Sequence[str]) -> str:
+    return "one of " + ", ".join(values)
+
+
+class _Reader:
+    """Typed access to one mapping of settings, recording problems instead of raising."""
+
+    def __init__(self, problems: _Problems, path: str, raw: object, allowed: Sequence[str]) -> None:
+        self.problems = problems
+        self.path = path
+        self.ok = isinstance(raw, Mapping)
+        self.raw: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        if raw is not None and not self.ok:
+            problems.add(path, f"must be a mapping of settings ({_one_of(allowed)}), got {type(raw).__name__}")
+        for key in self.raw:
+            if key not in allowed:
+                problems.add(f"{self._sub(str(key))}", f"unknown setting; valid settings here: {', '.join(allowed)}")
+
+    def _sub(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def string(self, key: str, default: str | None = None, check: Callable[[str], str | None] | None = None) -> str:
+        value = self.raw.get(key, default)
+        if value is None:
+            self.problems.add(self._sub(key), "is required")
+            return ""
+        if not isinstance(value, str) or not value.strip():
+            self.problems.add(self._sub(key), f"must be a non-empty string, got {value!r}")
+            return ""
+        value = value.strip()
+        if check is not None and (message := check(value)) is not None:
+            self.problems.add(self._sub(key), message)
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        return self.string(key) if key in self.raw and self.raw[key] is not None else None
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.raw.get(key, default)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.problems.add(self._sub(key), f"must be a whole number from {low} to {high}, got {value!r}")
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw.get(key, default)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            self.problems.add(self._sub(key), f"must be true or false, got {value!r}")
+            return default
+        return value
+
+    def choice(self, key: str, options: Sequence[str], default: str | None = None) -> str:
+        value = self.string(key, default)
+        if value and value not in options:
+            self.problems.add(self._sub(key), f"{value!r} is not valid; use {_one_of(options)}")
+        return value
+
+
+def _check_domain(value: str) -> str | None:
+    return None if _is_hostname(value) else "must be a DNS name such as example.com (your Route53 hosted zone)"
+
+
+def _check_email(value: str) -> str | None:
+    return None if _EMAIL.match(value) else "must be an email address such as you@example.com"
+
+
+def _check_host(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return None if _is_hostname(value) else "must be a DNS name or an IP address"
+    return None
+
+
+def _parse_origin(problems: _Problems, raw: object) -> OriginConfig:
+    reader = _Reader(problems, "origin", raw, ("host", "port", "link", "verifyName", "tunnelSubnet", "wireguardPort"))
+    if raw is None:
+        problems.add("origin", "is required (host, port and link of your Plex server)")
+    link = reader.choice("link", ("public", "wireguard"), "public")
+    host = reader.string("host", check=_check_host)
+    port = reader.integer("port", 32400, 1, 65535)
+    verify_name = reader.optional_string("verifyName")
+    if verify_name is not None and not _is_hostname(verify_name):
+        problems.add("origin.verifyName", "must be the DNS name on the Plex server's certificate")
+    subnet_text = reader.string("tunnelSubnet", "10.77.0.0/24")
+    try:
+        tunnel_subnet = ipaddress.IPv4Network(subnet_text)
+        if not tunnel_subnet.is_private or tunnel_subnet.num_addresses < 4:
+            problems.add(
+                "origin.tunnelSubnet", "must be a private IPv4 network of at least 4 addresses, e.g. 10.77.0.0/24"
+            )
+    except ValueError:
+        problems.add("origin.tunnelSubnet", f"{subnet_text!r} is not an IPv4 network such as 10.77.0.0/24")
+        tunnel_subnet = ipaddress.IPv4Network("10.77.0.0/24")
+    wireguard_port = reader.integer("wireguardPort", 51820, 1024, 65535)
+    return OriginConfig(host, port, link, verify_name, tunnel_subnet, wireguard_port)  # type: ignore[arg-type]
+
+
+def _parse_admin(problems: _Problems, raw: object) -> AdminConfig:
+    reader = _Reader(problems, "admin", raw, ("sshPublicKey", "cidr"))
+    if raw is None:
+        problems.add("admin", "is required (sshPublicKey and cidr)")
+    key = reader.string(
+        "sshPublicKey",
+        check=lambda v: (
+            None if _SSH_KEY.match(v) else "must be an OpenSSH public key line (ssh-ed25519 AAAA... comment)"
+        ),
+    )
+    cidr_text = reader.string("cidr")
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network("127.0.0.1/32")
+    if cidr_text:
+        try:
+            cidr = ipaddress.ip_network(cidr_text)
+            if cidr.prefixlen == 0:
+                problems.add(
+                    "admin.cidr",
+                    "must not be the whole internet: SSH would be open to the world; "
+                    "use your address, e.g. 203.0.113.7/32",
+                )
+        except ValueError:
+            problems.add(
+                "admin.cidr",
+                f"{cidr_text!r} is not a network in CIDR form such as 203.0.113.7/32 (host bits must be zero)",
+            )
+    return AdminConfig(key, cidr)
+
+
+def _parse_nginx(problems: _Problems, raw: object) -> NginxSettings:
+    reader = _Reader(
+        problems,
+        "nginx",
+        raw,
+        ("viewerHttp2", "streamTimeoutSeconds", "artworkCacheMb", "upstreamKeepalive", "maxBodyMb"),
+    )
+    defaults = NginxSettings()
+    return NginxSettings(
+        viewer_http2=reader.boolean("viewerHttp2", defaults.viewer_http2),
+        stream_timeout_s=reader.integer("streamTimeoutSeconds", defaults.stream_timeout_s, 5, 86400),
+        artwork_cache_mb=reader.integer("artworkCacheMb", defaults.artwork_cache_mb, 0, 100_000),
+        upstream_keepalive=reader.integer("upstreamKeepalive", defaults.upstream_keepalive, 1, 1024),
+        max_body_mb=reader.integer("maxBodyMb", defaults.max_body_mb, 1, 10_000),
+    )
+
+
+def _parse_pop(problems: _Problems, index: int, raw: object) -> PopConfig:
+    path = f"pops[{index}]"
+    reader = _Reader(problems, path, raw, ("name", "provider", "region", "size", "upstream"))
+    if not reader.ok:
+        return PopConfig("", "", "", "", "")
+    name = reader.string(
+        "name",
+        check=lambda v: (
+            None
+            if _POP_NAME.match(v) and v != ORIGIN
+            else "must be 1-12 lower-case letters or digits starting with a letter "
+            "(it becomes part of a DNS name), and not 'origin'"
+        ),
+    )
+    provider = reader.choice("provider", sorted(regions.PROVIDERS))
+    region_slug = reader.string("region")
+    size_slug = reader.string("size")
+    upstream = reader.string("upstream")
+    table = regions.PROVIDERS.get(provider)
+    if table is not None:
+        if region_slug and region_slug not in table.regions:
+            problems.add(
+                f"{path}.region", f"{region_slug!r} is not a {provider} region; use {_one_of(sorted(table.regions))}"
+            )
+        if size_slug and size_slug not in table.sizes:
+            problems.add(
+                f"{path}.size",
+                f"{size_slug!r} is not a {provider} size this program knows; use {_one_of(list(table.sizes))}",
+            )
+    return PopConfig(name, provider, region_slug, size_slug, upstream)
+
+
+def _check_topology(  # noqa: PLR0912 - one pass over the tree, one branch per rule a user can break
+    problems: _Problems, pops: Sequence[PopConfig], origin: OriginConfig
+) -> None:
+    names = [pop.name for pop in pops]
+    seen: set[str] = set()
+    for index, pop in enumerate(pops):
+        if pop.name and pop.name in seen:
+            problems.add(f"pops[{index}].name", f"{pop.name!r} is used by another POP; POP names must be unique")
+        seen.add(pop.name)
+    for index, pop in enumerate(pops):
+        if pop.upstream and pop.upstream != ORIGIN and pop.upstream not in names:
+            problems.add(f"pops[{index}].upstream", f"{pop.upstream!r} is not a POP; use 'origin' or {_one_of(names)}")
+        elif pop.upstream == pop.name:
+            problems.add(f"pops[{index}].upstream", "a POP cannot be its own upstream")
+    upstream_of = {pop.name: pop.upstream for pop in pops}
+    index_of = {pop.name: index for index, pop in enumerate(pops)}
+    reported: set[frozenset[str]] = set()
+    for pop in pops:
+        chain: list[str] = []
+        current = pop.name
+        while current in upstream_of and current not in chain:
+            chain.append(current)
+            current = upstream_of[current]
+        cycle = chain[chain.index(current) :] if current in chain else []
+        if len(cycle) > 1 and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
+            problems.add(
+                f"pops[{index_of[cycle[0]]}].upstream",
+                f"upstream cycle {' -> '.join([*cycle, cycle[0]])}; every chain must end at 'origin'",
+            )
+    hubs = [pop for pop in pops if pop.upstream == ORIGIN]
+    if pops and not hubs:
+        problems.add("pops", "no POP has upstream 'origin': at least one hub POP must reach the Plex server")
+    if origin.link == "wireguard" and len(hubs) > 1:
+        problems.add(
+            "pops",
+            f"origin.link is wireguard, which gives one tunnel to one hub, but {', '.join(p.name for p in hubs)} "
+            "all have upstream 'origin'; point all but one at that hub POP",
+        )
+    if origin.link == "public" and hubs and origin.host:
+        try:
+            address = ipaddress.ip_address(origin.host)
+        except ValueError:
+            address = None
+        if address is not None and not address.is_global:
+            problems.add(
+                "origin.host",
+                f"{origin.host} is not reachable from the internet, so hub POP {hubs[0].name!r} cannot reach it with "
+                "origin.link public; give the public name or address, or use origin.link wireguard",
+            )
+
+
+def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
+    """Build the typed configuration from the `plex-cdn:` settings (namespace stripped); raise ConfigError."""
+    problems = _Problems()
+    top = _Reader(problems, "", values, tuple(TOP_LEVEL_KEYS))
+    domain = top.string("domain", check=_check_domain).rstrip(".").lower()
+    shared_label = top.string(
+        "sharedHostname",
+        "plex",
+        check=lambda v: None if _LABEL.match(v) and len(v) <= 40 else "must be one DNS label such as 'plex'",
+    )
+    acme_reader = _Reader(problems, "acme", values.get("acme"), ("email", "server"))
+    if values.get("acme") is None:
+        problems.add("acme", "is required (email and server)")
+    acme = AcmeConfig(
+        email=acme_reader.string("email", check=_check_email),
+        server=acme_reader.choice("server", tuple(ACME_DIRECTORIES), "staging"),  # type: ignore[arg-type]
+    )
+    origin = _parse_origin(problems, values.get("origin"))
+    admin = _parse_admin(problems, values.get("admin"))
+    nginx = _parse_nginx(problems, values.get("nginx"))
+    raw_pops = values.get("pops")
+    pops: list[PopConfig] = []
+    if not isinstance(raw_pops, list) or not raw_pops:
+        problems.add("pops", "must be a non-empty list of POPs (name, provider, region, size, upstream)")
+    else:
+        pops = [_parse_pop(problems, index, raw) for index, raw in enumerate(raw_pops)]
+        _check_topology(problems, pops, origin)
+    if problems.items:
+        raise ConfigError(problems.items)
+    warnings: list[str] = []
+    if origin.link == "public" and origin.verify_name is None:
+        warnings.append(
+            "origin.verifyName is not set: the hub's hop to the Plex server is encrypted but not verified; "
+            "set it to the name on the server's certificate (Settings > Network shows the *.plex.direct name), "
+            "or use link wireguard"
+        )
+    return StackConfig(stack, domain, shared_label, acme, origin, admin, nginx, tuple(pops), tuple(warnings))
+
+
+def stack_name_from_path(path: Path) -> str:
+    match = re.fullmatch(r"Pulumi\.(.+)\.ya?ml", path.name)
+    return match.group(1) if match else path.stem
+
+
+def read_stack_file(path: Path) -> dict[str, object]:
+    """The `plex-cdn:` settings of a stack file, namespace stripped; other namespaces (provider tokens) are left out."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read the stack file ({error.strerror})"]) from error
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML ({error})"]) from error
+    config = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError([f"{path}: a stack file needs a top-level 'config:' mapping"])
+    prefix = f"{NAMESPACE}:"
+    return {
+        key[len(prefix) :]: value for key, value in config.items() if isinstance(key, str) and key.startswith(prefix)
+    }
+
+
+def load_stack_file(path: Path) -> StackConfig:
+    return parse_config(read_stack_file(path), stack_name_from_path(path))

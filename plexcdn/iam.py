@@ -1,0 +1,57 @@
+"""The certbot IAM user's policy, built as plain data so it is tested and evaluated as exactly what AWS gets.
+
+certbot's dns-route53 plugin lists hosted zones to find the zone, writes one TXT record per name with
+ChangeResourceRecordSets (UPSERT, then DELETE after validation) and polls GetChange. The write is
+narrowed by Route53's condition keys to TXT records named `_acme-challenge.<certificate name>` in the
+one zone; the `Null` guard refuses a request that would carry none of those keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+CHALLENGE_PREFIX = "_acme-challenge."
+RECORD_NAMES_KEY = "route53:ChangeResourceRecordSetsNormalizedRecordNames"
+RECORD_TYPES_KEY = "route53:ChangeResourceRecordSetsRecordTypes"
+ACTIONS_KEY = "route53:ChangeResourceRecordSetsActions"
+
+
+def challenge_record_names(certificate_names: Sequence[str]) -> list[str]:
+    """Route53 compares normalized names: lower case, no trailing dot."""
+    return sorted({CHALLENGE_PREFIX + name.lower().rstrip(".") for name in certificate_names})
+
+
+def certbot_policy(zone_id: str, certificate_names: Sequence[str]) -> dict[str, Any]:
+    zone_arn = f"arn:aws:route53:::hostedzone/{zone_id.removeprefix('/hostedzone/')}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "FindZoneAndWaitForChanges",
+                "Effect": "Allow",
+                "Action": ["route53:GetChange", "route53:ListHostedZones"],
+                "Resource": "*",
+            },
+            {
+                "Sid": "ReadTheZone",
+                "Effect": "Allow",
+                "Action": ["route53:ListResourceRecordSets"],
+                "Resource": zone_arn,
+            },
+            {
+                "Sid": "WriteOnlyAcmeChallengeTxtRecords",
+                "Effect": "Allow",
+                "Action": ["route53:ChangeResourceRecordSets"],
+                "Resource": zone_arn,
+                "Condition": {
+                    "ForAllValues:StringEquals": {
+                        RECORD_NAMES_KEY: challenge_record_names(certificate_names),
+                        RECORD_TYPES_KEY: ["TXT"],
+                        ACTIONS_KEY: ["DELETE", "UPSERT"],
+                    },
+                    "Null": {RECORD_NAMES_KEY: "false", RECORD_TYPES_KEY: "false", ACTIONS_KEY: "false"},
+                },
+            },
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Labs that run the rendered artifacts for real, in network namespaces on this machine."""

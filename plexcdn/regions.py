@@ -1,0 +1,157 @@
+"""Provider region and size tables: where each region is, which AWS region Route53 should treat it as,
+and what each VM size costs.
+
+Latency-based routing needs an AWS region per record: Route53 answers a viewer with the record whose
+AWS region has the lowest measured latency from that viewer, so each provider region maps to the AWS
+region closest to it on the network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+PRICES_AS_OF: Final = "2025-06"
+PRICES_SOURCE: Final = "the providers' public price pages (DigitalOcean Droplets, Akamai/Linode Compute)"
+
+
+@dataclass(frozen=True)
+class Region:
+    slug: str
+    city: str
+    latitude: float
+    longitude: float
+    aws_region: str
+
+
+@dataclass(frozen=True)
+class Size:
+    slug: str
+    vcpus: int
+    memory_gb: float
+    monthly_usd: float
+    transfer_tb: float
+
+
+@dataclass(frozen=True)
+class ProviderTable:
+    name: str
+    image: str
+    regions: dict[str, Region]
+    sizes: dict[str, Size]
+
+
+def _regions(*rows: tuple[str, str, float, float, str]) -> dict[str, Region]:
+    return {slug: Region(slug, city, lat, lon, aws) for slug, city, lat, lon, aws in rows}
+
+
+def _sizes(*rows: tuple[str, int, float, float, float]) -> dict[str, Size]:
+    return {slug: Size(slug, cpu, mem, usd, tb) for slug, cpu, mem, usd, tb in rows}
+
+
+PROVIDERS: Final[dict[str, ProviderTable]] = {
+    "digitalocean": ProviderTable(
+        name="digitalocean",
+        image="debian-12-x64",
+        regions=_regions(
+            ("nyc1", "New York", 40.71, -74.01, "us-east-1"),
+            ("nyc3", "New York", 40.71, -74.01, "us-east-1"),
+            ("atl1", "Atlanta", 33.75, -84.39, "us-east-1"),
+            ("tor1", "Toronto", 43.65, -79.38, "ca-central-1"),
+            ("sfo2", "San Francisco", 37.77, -122.42, "us-west-1"),
+            ("sfo3", "San Francisco", 37.77, -122.42, "us-west-1"),
+            ("lon1", "London", 51.51, -0.13, "eu-west-2"),
+            ("ams3", "Amsterdam", 52.37, 4.90, "eu-central-1"),
+            ("fra1", "Frankfurt", 50.11, 8.68, "eu-central-1"),
+            ("blr1", "Bangalore", 12.97, 77.59, "ap-south-1"),
+            ("sgp1", "Singapore", 1.35, 103.82, "ap-southeast-1"),
+            ("syd1", "Sydney", -33.87, 151.21, "ap-southeast-2"),
+        ),
+        sizes=_sizes(
+            ("s-1vcpu-512mb-10gb", 1, 0.5, 4.0, 0.5),
+            ("s-1vcpu-1gb", 1, 1.0, 6.0, 1.0),
+            ("s-1vcpu-2gb", 1, 2.0, 12.0, 2.0),
+            ("s-2vcpu-2gb", 2, 2.0, 18.0, 3.0),
+            ("s-2vcpu-4gb", 2, 4.0, 24.0, 4.0),
+            ("s-4vcpu-8gb", 4, 8.0, 48.0, 5.0),
+            ("c-2", 2, 4.0, 42.0, 4.0),
+            ("c-4", 4, 8.0, 84.0, 5.0),
+        ),
+    ),
+    "linode": ProviderTable(
+        name="linode",
+        image="linode/debian12",
+        regions=_regions(
+            ("us-east", "Newark", 40.74, -74.17, "us-east-1"),
+            ("us-southeast", "Atlanta", 33.75, -84.39, "us-east-1"),
+            ("us-iad", "Washington", 38.90, -77.04, "us-east-1"),
+            ("us-mia", "Miami", 25.76, -80.19, "us-east-1"),
+            ("us-ord", "Chicago", 41.88, -87.63, "us-east-2"),
+            ("us-central", "Dallas", 32.78, -96.80, "us-east-2"),
+            ("us-west", "Fremont", 37.55, -121.99, "us-west-1"),
+            ("us-lax", "Los Angeles", 34.05, -118.24, "us-west-1"),
+            ("us-sea", "Seattle", 47.61, -122.33, "us-west-2"),
+            ("ca-central", "Toronto", 43.65, -79.38, "ca-central-1"),
+            ("br-gru", "São Paulo", -23.55, -46.63, "sa-east-1"),
+            ("eu-west", "London", 51.51, -0.13, "eu-west-2"),
+            ("gb-lon", "London", 51.51, -0.13, "eu-west-2"),
+            ("fr-par", "Paris", 48.86, 2.35, "eu-west-3"),
+            ("nl-ams", "Amsterdam", 52.37, 4.90, "eu-central-1"),
+            ("eu-central", "Frankfurt", 50.11, 8.68, "eu-central-1"),
+            ("de-fra-2", "Frankfurt", 50.11, 8.68, "eu-central-1"),
+            ("se-sto", "Stockholm", 59.33, 18.07, "eu-north-1"),
+            ("it-mil", "Milan", 45.46, 9.19, "eu-south-1"),
+            ("es-mad", "Madrid", 40.42, -3.70, "eu-south-2"),
+            ("ap-west", "Mumbai", 19.08, 72.88, "ap-south-1"),
+            ("in-maa", "Chennai", 13.08, 80.27, "ap-south-1"),
+            ("ap-south", "Singapore", 1.35, 103.82, "ap-southeast-1"),
+            ("sg-sin-2", "Singapore", 1.35, 103.82, "ap-southeast-1"),
+            ("id-cgk", "Jakarta", -6.21, 106.85, "ap-southeast-3"),
+            ("ap-northeast", "Tokyo", 35.68, 139.69, "ap-northeast-1"),
+            ("jp-osa", "Osaka", 34.69, 135.50, "ap-northeast-3"),
+            ("ap-southeast", "Sydney", -33.87, 151.21, "ap-southeast-2"),
+            ("au-mel", "Melbourne", -37.81, 144.96, "ap-southeast-4"),
+        ),
+        sizes=_sizes(
+            ("g6-nanode-1", 1, 1.0, 5.0, 1.0),
+            ("g6-standard-1", 1, 2.0, 12.0, 2.0),
+            ("g6-standard-2", 2, 4.0, 24.0, 4.0),
+            ("g6-standard-4", 4, 8.0, 48.0, 5.0),
+            ("g6-dedicated-2", 2, 4.0, 36.0, 4.0),
+            ("g6-dedicated-4", 4, 8.0, 72.0, 5.0),
+        ),
+    ),
+}
+
+# Route53 list prices (USD per month) for what this program creates in the user's existing zone.
+ROUTE53_HEALTH_CHECK_USD: Final = 0.75  # HTTP check of a non-AWS endpoint, no optional features
+ROUTE53_LATENCY_QUERIES_USD_PER_MILLION: Final = 0.60
+
+
+def provider_table(provider: str) -> ProviderTable:
+    return PROVIDERS[provider]
+
+
+def region(provider: str, slug: str) -> Region:
+    return PROVIDERS[provider].regions[slug]
+
+
+def size(provider: str, slug: str) -> Size:
+    return PROVIDERS[provider].sizes[slug]
+
+
+def monthly_price_usd(provider: str, size_slug: str) -> float:
+    return PROVIDERS[provider].sizes[size_slug].monthly_usd
+
+
+def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance between two (latitude, longitude) points."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0 * math.asin(math.sqrt(h))
+
+
+def fibre_rtt_ms(km: float) -> float:
+    """The round trip light needs in fibre (about 200 km per ms each way) over a path 1.5x the great circle."""
+    return 2 * km * 1.5 / 200.0

@@ -1,0 +1,257 @@
+"""The config loader: every mistake a user can make is reported by setting name, all at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from plexcdn import regions, render, topology
+from plexcdn.config import ConfigError, load_stack_file, parse_config
+from tests.conftest import EXAMPLE_STACK, ROOT, example_values, five_pop_values, write_stack
+
+
+def problems_for(values: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(values, "dev")
+    return list(caught.value.problems)
+
+
+def test_example_stack_is_valid_and_typed() -> None:
+    config = load_stack_file(EXAMPLE_STACK)
+    assert config.stack == "dev"
+    assert config.shared_name == "plex.example.com"
+    assert config.pop_name("asia") == "plex-asia.example.com"
+    assert config.acme.directory_url == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    assert [p.role for p in topology.places(config)] == ["hub", "edge"]
+    assert config.plex_custom_access_url == "https://plex.example.com:443"
+
+
+def test_config_objects_are_frozen() -> None:
+    config = load_stack_file(EXAMPLE_STACK)
+    with pytest.raises(AttributeError):
+        config.domain = "other.example"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        config.pops[0].size = "huge"  # type: ignore[misc]
+
+
+def _with_pop(index: int, **changes: Any) -> dict[str, Any]:
+    values = example_values()
+    values["pops"][index].update(changes)
+    return values
+
+
+@pytest.mark.parametrize(
+    ("values", "setting", "hint"),
+    [
+        (_with_pop(1, provider="aws"), "pops[1].provider", "one of digitalocean, linode"),
+        (_with_pop(1, region="nyc3"), "pops[1].region", "ap-northeast"),
+        (_with_pop(0, size="s-64vcpu"), "pops[0].size", "s-1vcpu-1gb"),
+        (_with_pop(1, name="us"), "pops[1].name", "unique"),
+        (_with_pop(1, upstream="eu"), "pops[1].upstream", "'origin' or one of us, asia"),
+        (_with_pop(1, name="Asia!"), "pops[1].name", "lower-case"),
+        (_with_pop(0, upstream="asia"), "pops", "no POP has upstream 'origin'"),
+        (_with_pop(0, colour="blue"), "pops[0].colour", "valid settings here"),
+    ],
+)
+def test_pop_problems_name_the_setting_and_what_is_valid(values: dict[str, Any], setting: str, hint: str) -> None:
+    problems = problems_for(values)
+    assert any(p.startswith(f"{setting}:") and hint in p for p in problems), problems
+
+
+def test_upstream_cycle_is_reported_once_with_its_path() -> None:
+    values = five_pop_values()
+    values["pops"][2]["upstream"] = "sg"  # asia -> sg -> asia
+    problems = problems_for(values)
+    cycles = [p for p in problems if "cycle" in p]
+    assert len(cycles) == 1
+    assert "asia -> sg -> asia" in cycles[0] or "sg -> asia -> sg" in cycles[0]
+
+
+def test_wireguard_link_reaches_only_one_hub() -> None:
+    values = five_pop_values()
+    values["origin"] = {"host": "home.example.net", "link": "wireguard"}
+    problems = problems_for(values)
+    assert any(p.startswith("pops:") and "us, eu" in p and "wireguard" in p for p in problems), problems
+
+
+def test_public_link_to_a_private_origin_is_refused() -> None:
+    values = example_values()
+    values["origin"]["host"] = "192.168.1.20"
+    problems = problems_for(values)
+    assert any(p.startswith("origin.host:") and "link wireguard" in p for p in problems), problems
+    values["origin"]["link"] = "wireguard"
+    assert parse_config(values, "dev").origin.link == "wireguard"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "setting"),
+    [
+        (("domain",), "not a domain", "domain"),
+        (("acme", "email"), "nobody", "acme.email"),
+        (("acme", "server"), "prod", "acme.server"),
+        (("admin", "cidr"), "203.0.113.7/24", "admin.cidr"),
+        (("admin", "cidr"), "0.0.0.0/0", "admin.cidr"),
+        (("admin", "sshPublicKey"), "hello", "admin.sshPublicKey"),
+        (("origin", "port"), 70000, "origin.port"),
+        (("origin", "port"), "http", "origin.port"),
+        (("origin", "link"), "vpn", "origin.link"),
+        (("origin", "tunnelSubnet"), "8.8.8.0/24", "origin.tunnelSubnet"),
+        (("nginx", "viewerHttp2"), "maybe", "nginx.viewerHttp2"),
+    ],
+)
+def test_bad_scalars_name_the_setting(path: tuple[str, ...], value: object, setting: str) -> None:
+    values = example_values()
+    target = values
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    problems = problems_for(values)
+    assert any(p.startswith(f"{setting}:") for p in problems), problems
+
+
+def test_every_problem_is_reported_in_one_run() -> None:
+    values = example_values()
+    values["domain"] = "nope"
+    values["acme"]["email"] = "nope"
+    values["pops"][1]["region"] = "mars-1"
+    problems = problems_for(values)
+    assert {p.split(":")[0] for p in problems} >= {"domain", "acme.email", "pops[1].region"}
+
+
+def test_missing_sections_are_named() -> None:
+    problems = problems_for({})
+    assert {p.split(":")[0] for p in problems} >= {"domain", "acme", "origin", "admin", "pops"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plexcdn", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+
+
+def test_cli_validate_accepts_the_example() -> None:
+    result = run_cli("validate", str(EXAMPLE_STACK))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout and "us-east-1" in result.stdout
+
+
+def test_cli_validate_prints_one_line_per_problem_and_no_traceback(tmp_path: Path) -> None:
+    values = example_values()
+    values["pops"][1]["region"] = "mars-1"
+    values["admin"]["cidr"] = "not-a-cidr"
+    result = run_cli("validate", str(write_stack(tmp_path / "Pulumi.bad.yaml", values)))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("error: ") for line in lines)
+    assert "Traceback" not in result.stderr
+    assert any("pops[1].region" in line for line in lines) and any("admin.cidr" in line for line in lines)
+
+
+@pytest.mark.parametrize("text", ["config: [", "just a string", "config:\n  plex-cdn:pops: 3\n"])
+def test_cli_validate_survives_broken_files(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "Pulumi.broken.yaml"
+    path.write_text(text)
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_cli_render_writes_each_pop_and_placeholders_for_secrets(tmp_path: Path) -> None:
+    result = run_cli("render", str(EXAMPLE_STACK), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for pop in ("us", "asia"):
+        assert (tmp_path / pop / "nginx.conf").is_file()
+        cloud_init = (tmp_path / pop / "cloud-init.yaml").read_text()
+        assert "<SECRET: certbot IAM secret access key" in cloud_init
+    assert (tmp_path / "us" / render.PEER_CA_FILE).is_file()
+    assert (tmp_path / "asia" / render.PEER_CLIENT_CERT_FILE).is_file()
+    assert not (tmp_path / "asia" / render.PEER_CLIENT_KEY_FILE).exists()
+
+
+# Strategies for property tests.
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 70000),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+)
+
+
+@st.composite
+def mutated_configs(draw: st.DrawFn) -> dict[str, Any]:
+    values = example_values()
+    for _ in range(draw(st.integers(1, 4))):
+        section = draw(st.sampled_from(["domain", "sharedHostname", "acme", "origin", "admin", "nginx", "pops", "x"]))
+        current = values.get(section)
+        if isinstance(current, dict) and current and draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(current)))
+            current[key] = draw(junk)
+        elif isinstance(current, list) and current and draw(st.booleans()):
+            pop = draw(st.sampled_from(current))
+            key = draw(st.sampled_from(["name", "provider", "region", "size", "upstream", "extra"]))
+            if isinstance(pop, dict):
+                pop[key] = draw(junk)
+        else:
+            values[section] = draw(junk)
+    return values
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_configs())
+def test_bad_configs_raise_only_config_errors(values: dict[str, Any]) -> None:
+    try:
+        config = parse_config(values, "dev")
+    except ConfigError as error:
+        assert error.problems
+        assert all(isinstance(p, str) and ": " in p for p in error.problems)
+    else:
+        assert config.pops
+
+
+@st.composite
+def good_configs(draw: st.DrawFn) -> dict[str, Any]:
+    values = example_values()
+    count = draw(st.integers(1, 8))
+    names = [f"p{i}" for i in range(count)]
+    hub_count = draw(st.integers(1, count))
+    link = "wireguard" if hub_count == 1 and draw(st.booleans()) else "public"
+    values["origin"] = {"host": "home.example.net", "link": link, "port": draw(st.integers(1, 65535))}
+    pops = []
+    for index, name in enumerate(names):
+        provider = draw(st.sampled_from(sorted(regions.PROVIDERS)))
+        table = regions.PROVIDERS[provider]
+        upstream = "origin" if index < hub_count else draw(st.sampled_from(names[:index]))
+        pops.append(
+            {
+                "name": name,
+                "provider": provider,
+                "region": draw(st.sampled_from(sorted(table.regions))),
+                "size": draw(st.sampled_from(sorted(table.sizes))),
+                "upstream": upstream,
+            }
+        )
+    values["pops"] = draw(st.permutations(pops))
+    return values
+
+
+@settings(max_examples=60, deadline=None)
+@given(good_configs())
+def test_good_configs_always_render(tmp_path_factory: pytest.TempPathFactory, values: dict[str, Any]) -> None:
+    config = parse_config(values, "dev")
+    out = tmp_path_factory.mktemp("render")
+    written = render.render_stack(config, out)
+    for pop in config.pops:
+        assert (out / pop.name / "nginx.conf") in written
+        assert (out / pop.name / "cloud-init.yaml") in written
+        upstream = (out / pop.name / "plexcdn-upstream.conf").read_text()
+        expected = render.upstream_of(config, pop.name, render.placeholder_addresses(config)).server
+        assert f"server {expected};" in upstream

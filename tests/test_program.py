@@ -1,0 +1,270 @@
+"""The whole graph under Pulumi's mock engine: resources, parents, DNS, firewalls, IAM, secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from plexcdn import iam, render
+from plexcdn.config import StackConfig
+from tests.conftest import config_from, example_values, five_pop_values, wireguard_values
+from tests.pulumi_harness import RecordingMonitor, install_mocks
+
+
+def build(config: StackConfig, build_dir: Path) -> tuple[RecordingMonitor, dict[str, Any]]:
+    """Run the program's graph for `config` and return what the engine saw plus resolved stack outputs."""
+    _, monitor = install_mocks(config.stack)
+    resolved: dict[str, Any] = {}
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def program() -> pulumi.Output[Any]:
+        from components.stack import build_stack
+
+        outputs = build_stack(config, build_dir)
+        pops = {name: pulumi.Output.all(p.ipv4, p.ipv6) for name, p in outputs.pops.items()}
+        home_config = outputs.home_wireguard_config
+        home_secret: pulumi.Output[bool | None] = pulumi.Output.from_input(
+            home_config.is_secret() if home_config is not None else None
+        )
+
+        def keep(values: list[Any]) -> None:
+            resolved.update(
+                allow_list=values[0], policy=json.loads(values[1]), pops=values[2], home_config_secret=values[3]
+            )
+
+        return pulumi.Output.all(
+            outputs.origin_allow_list,
+            outputs.certbot_policy_json,
+            pulumi.Output.all(**pops),
+            home_secret,
+        ).apply(keep)
+
+    program()
+    return monitor, resolved
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> tuple[StackConfig, RecordingMonitor, dict[str, Any]]:
+    config = config_from(example_values())
+    monitor, resolved = build(config, tmp_path)
+    return config, monitor, resolved
+
+
+def test_example_stack_makes_each_resource_type_the_expected_number_of_times(example: Any) -> None:
+    _, monitor, _ = example
+    counts: dict[str, int] = {}
+    for registration in monitor.registrations:
+        counts[registration.type] = counts.get(registration.type, 0) + 1
+    assert counts == {
+        "plex-cdn:stack_keys:StackKeys": 1,
+        "tls:index/privateKey:PrivateKey": 3,  # deploy key, peer CA key, the edge's client key
+        "tls:index/selfSignedCert:SelfSignedCert": 1,
+        "tls:index/certRequest:CertRequest": 1,
+        "tls:index/locallySignedCert:LocallySignedCert": 1,
+        "plex-cdn:certbot_user:CertbotUser": 1,
+        "aws:iam/user:User": 1,
+        "aws:iam/userPolicy:UserPolicy": 1,
+        "aws:iam/accessKey:AccessKey": 1,
+        "plex-cdn:edge_pop:EdgePop": 2,
+        "digitalocean:index/droplet:Droplet": 1,
+        "digitalocean:index/firewall:Firewall": 1,
+        "linode:index/instance:Instance": 1,
+        "linode:index/firewall:Firewall": 1,
+        "command:remote:Command": 4,  # boot wait + deploy, per POP
+        "command:remote:CopyToRemote": 2,
+        "plex-cdn:latency_dns:LatencyDns": 2,
+        "aws:route53/healthCheck:HealthCheck": 2,
+        "aws:route53/record:Record": 8,  # shared A/AAAA + own A/AAAA per POP
+        "plex-cdn:origin_link:OriginLink": 1,
+    }
+
+
+def test_every_child_is_parented_to_its_component_and_named_after_it(example: Any) -> None:
+    _, monitor, _ = example
+    components = {r.urn: r for r in monitor.registrations if not r.custom}
+    for registration in monitor.registrations:
+        if registration.custom:
+            assert registration.parent in components, f"{registration.type} {registration.name} has no component parent"
+            parent = components[registration.parent]
+            assert registration.name.startswith(f"{parent.name}-"), (registration.name, parent.name)
+        else:
+            assert registration.type.startswith("plex-cdn:"), registration.type
+            module = registration.type.split(":")[1]
+            assert Path(__file__).parent.parent.joinpath("components", f"{module}.py").is_file(), module
+
+
+def test_vms_ignore_changes_to_their_first_boot_user_data(example: Any) -> None:
+    _, monitor, _ = example
+    assert monitor.named("us-vm").ignore_changes == ["userData"]
+    # A Linode's user_data lives inside `metadatas`.
+    assert monitor.named("asia-vm").ignore_changes == ["metadatas"]
+
+
+def test_latency_records_carry_the_region_table_and_a_health_check(example: Any) -> None:
+    config, monitor, _ = example
+    shared = [r for r in monitor.of_type("aws:route53/record:Record") if r.inputs["name"] == config.shared_name]
+    assert sorted((r.inputs["setIdentifier"], r.inputs["type"]) for r in shared) == [
+        ("asia", "A"),
+        ("asia", "AAAA"),
+        ("us", "A"),
+        ("us", "AAAA"),
+    ]
+    regions = {r.inputs["setIdentifier"]: r.inputs["latencyRoutingPolicies"][0]["region"] for r in shared}
+    assert regions == {"us": "us-east-1", "asia": "ap-northeast-1"}
+    checks = {r.name: r for r in monitor.of_type("aws:route53/healthCheck:HealthCheck")}
+    for record in shared:
+        pop = record.inputs["setIdentifier"]
+        check = checks[f"{pop}-dns-health"]
+        assert record.inputs["healthCheckId"] == f"{pop}-dns-health-id"
+        assert check.inputs["resourcePath"] == render.HEALTH_PATH
+        assert check.inputs["port"] == 80
+        assert check.inputs["fqdn"] == config.pop_name(pop)
+    own = [r for r in monitor.of_type("aws:route53/record:Record") if r.inputs["name"] != config.shared_name]
+    assert sorted(r.inputs["name"] for r in own) == sorted([config.pop_name("us"), config.pop_name("asia")] * 2)
+    assert all("setIdentifier" not in r.inputs for r in own)
+
+
+def test_records_point_at_the_vm_addresses(example: Any) -> None:
+    _, monitor, resolved = example
+    for pop, (ipv4, ipv6) in resolved["pops"].items():
+        records = [r for r in monitor.of_type("aws:route53/record:Record") if r.name.startswith(f"{pop}-dns-")]
+        by_type = {r.inputs["type"]: r.inputs["records"] for r in records}
+        assert by_type == {"A": [ipv4], "AAAA": [ipv6]}
+        assert ":" not in ipv4 and "/" not in ipv6
+
+
+def test_firewalls_open_ssh_to_the_admin_network_only(example: Any) -> None:
+    config, monitor, _ = example
+    droplet_fw = monitor.named("us-firewall").inputs["inboundRules"]
+    by_port = {rule.get("portRange", "icmp"): rule["sourceAddresses"] for rule in droplet_fw}
+    assert by_port["22"] == [str(config.admin.cidr)]
+    assert by_port["80"] == by_port["443"] == by_port["8443"] == ["0.0.0.0/0", "::/0"]
+    assert set(by_port) == {"22", "80", "443", "8443", "icmp"}
+    linode_fw = monitor.named("asia-firewall").inputs
+    assert linode_fw["inboundPolicy"] == "DROP"
+    ports = {rule.get("ports", "icmp"): rule for rule in linode_fw["inbounds"]}
+    assert set(ports) == {"22", "80", "443", "icmp"}, "an edge with no downstream POP keeps the peer port closed"
+    assert ports["22"]["ipv4s"] == [str(config.admin.cidr)] and "ipv6s" not in ports["22"]
+
+
+def test_certbot_policy_names_exactly_the_challenge_records_of_every_certificate(example: Any) -> None:
+    config, monitor, resolved = example
+    policy = resolved["policy"]
+    assert policy == iam.certbot_policy("Z0MOCKZONE", config.all_certificate_names())
+    write = policy["Statement"][2]
+    assert write["Resource"] == "arn:aws:route53:::hostedzone/Z0MOCKZONE"
+    assert write["Condition"]["ForAllValues:StringEquals"] == {
+        iam.RECORD_NAMES_KEY: [
+            "_acme-challenge.plex-asia.example.com",
+            "_acme-challenge.plex-us.example.com",
+            "_acme-challenge.plex.example.com",
+        ],
+        iam.RECORD_TYPES_KEY: ["TXT"],
+        iam.ACTIONS_KEY: ["DELETE", "UPSERT"],
+    }
+    assert json.loads(monitor.named("certbot-policy").inputs["policy"]) == policy
+
+
+def test_secrets_reach_the_engine_as_secrets(example: Any) -> None:
+    _, monitor, _ = example
+    assert "userData" in monitor.named("us-vm").secret_inputs
+    assert monitor.named("asia-vm").secret_inputs == ["metadatas[0].userData"]
+    for command in monitor.of_type("command:remote:Command") + monitor.of_type("command:remote:CopyToRemote"):
+        assert any(p.startswith("connection") for p in command.secret_inputs), command.name
+    assert "stdin" in monitor.named("asia-nginx-deploy").secret_inputs
+    user_data = monitor.named("us-vm").inputs["userData"]["value"]
+    assert "mock-secret-" in user_data, "the real access key reaches the VM's first boot"
+
+
+def test_no_secret_value_appears_outside_secret_inputs(example: Any) -> None:
+    _, monitor, _ = example
+    for registration in monitor.registrations:
+        plain = json.dumps(_without_secrets(registration.inputs))
+        assert "mock-secret-" not in plain, registration.name
+        assert "PRIVATE KEY" not in plain, registration.name
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "4dabf18193072939515e22adb298388d" in value:
+            return "<secret>"
+        return {k: _without_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def test_edge_deploy_renders_the_hub_address_and_writes_the_release(example: Any, tmp_path: Path) -> None:
+    _, monitor, resolved = example
+    hub_ipv4 = resolved["pops"]["us"][0]
+    create = monitor.named("asia-nginx-deploy").inputs["create"]
+    assert "nginx -t" in create and "systemctl reload nginx" in create
+    release = create.split("release-")[1].split('"')[0]
+    upstream = (tmp_path / "asia" / f"release-{release}" / "plexcdn-upstream.conf").read_text()
+    assert f"server {hub_ipv4}:{render.PEER_PORT};" in upstream
+    assert monitor.named("asia-nginx-release").inputs["remotePath"] == render.NGINX_RELEASES_DIR
+
+
+def test_origin_link_public_allows_the_hub_addresses(example: Any) -> None:
+    _, _, resolved = example
+    assert resolved["allow_list"] == sorted(resolved["pops"]["us"])
+    assert resolved["home_config_secret"] is None
+
+
+def test_five_pop_tree(tmp_path: Path) -> None:
+    config = config_from(five_pop_values())
+    monitor, resolved = build(config, tmp_path)
+    assert len(monitor.of_type("plex-cdn:edge_pop:EdgePop")) == 5
+    assert len(monitor.of_type("plex-cdn:origin_link:OriginLink")) == 2
+    assert len(monitor.of_type("aws:route53/healthCheck:HealthCheck")) == 5
+    assert len(monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")) == 3  # one per edge
+    regions = {
+        r.inputs["setIdentifier"]: r.inputs["latencyRoutingPolicies"][0]["region"]
+        for r in monitor.of_type("aws:route53/record:Record")
+        if r.inputs.get("type") == "A" and "setIdentifier" in r.inputs
+    }
+    assert regions == {
+        "us": "us-east-1",
+        "eu": "eu-central-1",
+        "asia": "ap-northeast-1",
+        "sg": "ap-southeast-1",
+        "uk": "eu-west-2",
+    }
+    sg_release = monitor.named("sg-nginx-deploy").inputs["create"].split("release-")[1].split('"')[0]
+    upstream = (tmp_path / "sg" / f"release-{sg_release}" / "plexcdn-upstream.conf").read_text()
+    assert f"server {resolved['pops']['asia'][0]}:{render.PEER_PORT};" in upstream
+    peer_port_open = {
+        r.name: any(rule.get("portRange") == "8443" or rule.get("ports") == "8443" for rule in _rules(r))
+        for r in monitor.registrations
+        if r.name.endswith("-firewall")
+    }
+    assert peer_port_open == {
+        "us-firewall": True,
+        "eu-firewall": True,
+        "asia-firewall": True,
+        "sg-firewall": False,
+        "uk-firewall": False,
+    }
+    assert sorted(resolved["allow_list"]) == sorted(resolved["pops"]["us"] + resolved["pops"]["eu"])
+
+
+def _rules(registration: Any) -> list[dict[str, Any]]:
+    return list(registration.inputs.get("inboundRules", registration.inputs.get("inbounds", [])))
+
+
+def test_wireguard_link_keeps_keys_secret_and_outputs_the_home_config(tmp_path: Path) -> None:
+    config = config_from(wireguard_values())
+    monitor, resolved = build(config, tmp_path)
+    tunnel = monitor.named("us-origin-hub-tunnel")
+    assert "stdin" in tunnel.secret_inputs
+    assert tunnel.inputs["logging"] == "none"
+    assert resolved["home_config_secret"] is True
+    assert resolved["allow_list"] == [str(config.origin.hub_tunnel_address)]
+    firewall = {rule.get("portRange"): rule for rule in monitor.named("us-firewall").inputs["inboundRules"]}
+    assert firewall[str(config.origin.wireguard_port)]["protocol"] == "udp"
+    for key in monitor.of_type("random:index/randomBytes:RandomBytes"):
+        assert key.parent_type == "plex-cdn:origin_link:OriginLink"

@@ -66,9 +66,10 @@ class ProgramMocks(pulumi.runtime.Mocks):
             outputs.update(ipv4s=[f"203.0.113.{n}"], ipv6=f"2001:db8:1::{n:x}/128")
             return str(2000 + n), outputs
         if typ == "tls:index/privateKey:PrivateKey":
+            body = f"mock-{args.name}"
             outputs.update(
-                privateKeyPem=f"-----BEGIN PRIVATE KEY-----\nmock-{args.name}\n-----END PRIVATE KEY-----\n",
-                privateKeyOpenssh=f"-----BEGIN OPENSSH PRIVATE KEY-----\nmock-{args.name}\n-----END OPENSSH PRIVATE KEY-----",
+                privateKeyPem=f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n",
+                privateKeyOpenssh=f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n",
                 publicKeyOpenssh="ssh-ed25519 " + base64.b64encode(_fake_value(args.name)).decode() + "\n",
             )
         if typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):

@@ -33,7 +33,8 @@ class CertbotUser(pulumi.ComponentResource):
             name=f"plex-cdn-{args.stack}-certbot",
             path="/plex-cdn/",
             tags={"plex-cdn:stack": args.stack, "plex-cdn:purpose": "certbot dns-01"},
-            opts=child,
+            # IAM user names are unique: a replacement can only be made once the old user is gone.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.policy_json = pulumi.Output.from_input(args.zone_id).apply(
             lambda zone_id: json.dumps(certbot_policy(zone_id, args.certificate_names), indent=2, sort_keys=True)

@@ -74,6 +74,7 @@ class EdgePop(pulumi.ComponentResource):
         vm = create_vm(
             VmSpec(
                 name=name,
+                label=f"plex-cdn-{config.stack}-{args.pop}",
                 provider=place.pop.provider,
                 region=place.pop.region,
                 size=place.pop.size,

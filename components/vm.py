@@ -29,7 +29,8 @@ class FirewallRule:
 
 @dataclass(frozen=True)
 class VmSpec:
-    name: str
+    name: str  # the Pulumi resource name prefix
+    label: str  # the name the provider shows; unique per account for Linode, so it carries the stack
     provider: str
     region: str
     size: str
@@ -65,7 +66,7 @@ def _digitalocean(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
     child = pulumi.ResourceOptions(parent=parent)
     droplet = digitalocean.Droplet(
         f"{spec.name}-vm",
-        name=spec.name,
+        name=spec.label,
         image=image,
         region=spec.region,
         size=spec.size,
@@ -88,7 +89,7 @@ def _digitalocean(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
     ]
     digitalocean.Firewall(
         f"{spec.name}-firewall",
-        name=f"{spec.name}-firewall",
+        name=spec.label,
         droplet_ids=[droplet.id.apply(int)],
         inbound_rules=inbound,
         outbound_rules=outbound,
@@ -101,7 +102,7 @@ def _linode(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
     user_data = pulumi.Output.from_input(spec.user_data).apply(lambda text: base64.b64encode(text.encode()).decode())
     instance = linode.Instance(
         f"{spec.name}-vm",
-        label=spec.name,
+        label=spec.label,
         image=image,
         region=spec.region,
         type=spec.size,
@@ -109,7 +110,8 @@ def _linode(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
         metadatas=[linode.InstanceMetadataArgs(user_data=user_data)],
         tags=list(spec.tags),
         # Linode carries user_data inside `metadatas`: that is the property whose change would rebuild it.
-        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["metadatas"]),
+        # Labels are unique per account: the old Linode must go before its replacement can take the label.
+        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["metadatas"], delete_before_replace=True),
     )
     inbounds = []
     for rule in spec.firewall_rules:
@@ -129,12 +131,12 @@ def _linode(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
     )
     linode.Firewall(
         f"{spec.name}-firewall",
-        label=f"{spec.name}-firewall",
+        label=spec.label,
         inbound_policy="DROP",
         outbound_policy="ACCEPT",
         inbounds=inbounds,
         linodes=[instance.id.apply(int)],
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True),
     )
     ipv6 = instance.ipv6.apply(lambda value: (value or "").split("/")[0])
     ipv4 = instance.ipv4s.apply(lambda addresses: addresses[0])

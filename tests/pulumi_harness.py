@@ -37,6 +37,7 @@ class Registration:
     secret_inputs: list[str]
     ignore_changes: list[str]
     depends_on: list[str]
+    delete_before_replace: bool
 
     @property
     def parent_type(self) -> str:
@@ -117,6 +118,7 @@ class RecordingMonitor(MockMonitor):
                 secret_inputs=_secret_paths(raw),
                 ignore_changes=list(request.ignoreChanges),
                 depends_on=list(request.dependencies),
+                delete_before_replace=request.deleteBeforeReplace,
             )
         )
         return response

@@ -104,6 +104,15 @@ def test_vms_ignore_changes_to_their_first_boot_user_data(example: Any) -> None:
     assert monitor.named("asia-vm").ignore_changes == ["metadatas"]
 
 
+def test_resources_with_account_unique_names_are_deleted_before_their_replacement(example: Any) -> None:
+    config, monitor, _ = example
+    assert monitor.named("certbot-user").delete_before_replace
+    assert monitor.named("certbot-user").inputs["name"] == f"plex-cdn-{config.stack}-certbot"
+    assert monitor.named("asia-vm").delete_before_replace and monitor.named("asia-firewall").delete_before_replace
+    assert monitor.named("asia-vm").inputs["label"] == f"plex-cdn-{config.stack}-asia"
+    assert not monitor.named("us-vm").delete_before_replace, "Droplet names need not be unique: no downtime on replace"
+
+
 def test_latency_records_carry_the_region_table_and_a_health_check(example: Any) -> None:
     config, monitor, _ = example
     shared = [r for r in monitor.of_type("aws:route53/record:Record") if r.inputs["name"] == config.shared_name]

@@ -71,6 +71,7 @@ class OriginConfig:
     verify_name: str | None
     tunnel_subnet: ipaddress.IPv4Network
     wireguard_port: int
+    location: tuple[float, float] | None = None  # (latitude, longitude) of the Plex server, for advice
 
     @property
     def hub_tunnel_address(self) -> ipaddress.IPv4Address:
@@ -249,7 +250,9 @@ def _check_host(value: str) -> str | None:
 
 
 def _parse_origin(problems: _Problems, raw: object) -> OriginConfig:
-    reader = _Reader(problems, "origin", raw, ("host", "port", "link", "verifyName", "tunnelSubnet", "wireguardPort"))
+    reader = _Reader(
+        problems, "origin", raw, ("host", "port", "link", "verifyName", "tunnelSubnet", "wireguardPort", "location")
+    )
     if raw is None:
         problems.add("origin", "is required (host, port and link of your Plex server)")
     link = reader.choice("link", ("public", "wireguard"), "public")
@@ -269,7 +272,51 @@ def _parse_origin(problems: _Problems, raw: object) -> OriginConfig:
         problems.add("origin.tunnelSubnet", f"{subnet_text!r} is not an IPv4 network such as 10.77.0.0/24")
         tunnel_subnet = ipaddress.IPv4Network("10.77.0.0/24")
     wireguard_port = reader.integer("wireguardPort", 51820, 1024, 65535)
-    return OriginConfig(host, port, link, verify_name, tunnel_subnet, wireguard_port)  # type: ignore[arg-type]
+    location = _parse_location(problems, reader.raw.get("location"))
+    return OriginConfig(host, port, link, verify_name, tunnel_subnet, wireguard_port, location)  # type: ignore[arg-type]
+
+
+def _parse_location(problems: _Problems, raw: object) -> tuple[float, float] | None:
+    if raw is None:
+        return None
+    reader = _Reader(problems, "origin.location", raw, ("latitude", "longitude"))
+    values = []
+    for key, limit in (("latitude", 90), ("longitude", 180)):
+        value = reader.raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -limit <= value <= limit:
+            problems.add(f"origin.location.{key}", f"must be a number from -{limit} to {limit}, got {value!r}")
+            return None
+        values.append(float(value))
+    return values[0], values[1]
+
+
+HUB_DISTANCE_WARNING_KM: Final = 1500
+
+
+def _hub_distance_warnings(origin: OriginConfig, pops: Sequence[PopConfig]) -> list[str]:
+    """A hub far from the Plex server puts the long, lossy part of the path back on the home ISP's leg."""
+    if origin.location is None:
+        return []
+    warnings = []
+    for pop in pops:
+        if pop.upstream != ORIGIN:
+            continue
+        region = regions.region(pop.provider, pop.region)
+        km = regions.distance_km(origin.location, (region.latitude, region.longitude))
+        if km > HUB_DISTANCE_WARNING_KM:
+            closest = min(
+                (
+                    (regions.distance_km(origin.location, (r.latitude, r.longitude)), r.slug)
+                    for r in regions.provider_table(pop.provider).regions.values()
+                ),
+            )
+            warnings.append(
+                f"pops: hub {pop.name!r} ({pop.provider}/{pop.region}, {region.city}) is {km:,.0f} km from the Plex "
+                f"server: its hop to Plex crosses home ISPs for about {regions.fibre_rtt_ms(km):.0f} ms of round trip, "
+                f"which is where loss costs the most; {pop.provider}'s closest region is {closest[1]} "
+                f"({closest[0]:,.0f} km)"
+            )
+    return warnings
 
 
 def _parse_admin(problems: _Problems, raw: object) -> AdminConfig:
@@ -431,7 +478,7 @@ def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
         _check_topology(problems, pops, origin)
     if problems.items:
         raise ConfigError(problems.items)
-    warnings: list[str] = []
+    warnings = _hub_distance_warnings(origin, pops)
     if origin.link == "public" and origin.verify_name is None:
         warnings.append(
             "origin.verifyName is not set: the hub's hop to the Plex server is encrypted but not verified; "

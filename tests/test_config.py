@@ -255,3 +255,25 @@ def test_good_configs_always_render(tmp_path_factory: pytest.TempPathFactory, va
         upstream = (out / pop.name / "plexcdn-upstream.conf").read_text()
         expected = render.upstream_of(config, pop.name, render.placeholder_addresses(config)).server
         assert f"server {expected};" in upstream
+
+
+def test_a_hub_far_from_the_plex_server_is_a_warning_with_its_cost() -> None:
+    values = example_values()
+    values["origin"]["location"] = {"latitude": 48.85, "longitude": 2.35}  # Paris; the example hub is in New York
+    config = parse_config(values, "dev")
+    far = [w for w in config.warnings if "hub 'us'" in w]
+    assert len(far) == 1
+    assert "5,8" in far[0] and "km from the Plex server" in far[0]  # New York to Paris is about 5,840 km
+    assert "closest region is lon1 (" in far[0]
+    values["origin"]["location"] = {"latitude": 40.7, "longitude": -74.0}
+    assert not [w for w in parse_config(values, "dev").warnings if "hub 'us'" in w]
+    values["origin"]["location"] = {"latitude": 123, "longitude": 0}
+    assert any(p.startswith("origin.location.latitude:") for p in problems_for(values))
+
+
+def test_both_stack_files_are_valid_and_use_their_acme_server() -> None:
+    dev = load_stack_file(ROOT / "Pulumi.dev.yaml")
+    prod = load_stack_file(ROOT / "Pulumi.prod.yaml")
+    assert (dev.stack, dev.acme.server) == ("dev", "staging")
+    assert (prod.stack, prod.acme.server) == ("prod", "production")
+    assert dev.shared_name != prod.shared_name

@@ -49,20 +49,20 @@ def stack_with(pop_count: int) -> StackConfig:
 
 def run_once(config: StackConfig) -> tuple[float, int, int]:
     _, monitor = install_mocks(config.stack)
-    build_dir = Path(tempfile.mkdtemp(prefix="plexcdn-bench-"))
+    with tempfile.TemporaryDirectory(prefix="plexcdn-bench-") as build_dir:
 
-    @pulumi.runtime.test  # type: ignore[untyped-decorator]
-    def program() -> None:
-        from components.stack import build_stack
+        @pulumi.runtime.test  # type: ignore[untyped-decorator]
+        def program() -> None:
+            from components.stack import build_stack
 
-        build_stack(config, build_dir)
+            build_stack(config, Path(build_dir))
 
-    tracemalloc.start()
-    started = time.perf_counter()
-    program()
-    elapsed = time.perf_counter() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+        tracemalloc.start()
+        started = time.perf_counter()
+        program()
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
     return elapsed, peak, len(monitor.registrations)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,35 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_up(args: argparse.Namespace) -> int:
+    from plexcdn.lab import relay
+    from plexcdn.lab.netns import LabError, lab_unavailable_reason
+
+    if (reason := lab_unavailable_reason()) is not None:
+        print(f"error: the lab {reason}", file=sys.stderr)
+        return 1
+    try:
+        info = relay.lab_up(Path(args.stack_file), args.media_mb)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        relay.down()
+        return 1
+    print(json.dumps(info))
+    return 0
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    from plexcdn.lab import relay
+
+    removed = relay.down()
+    print(f"removed {len(removed)} lab namespaces" + (f": {', '.join(removed)}" if removed else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plexcdn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a POP's address for its downstreams' upstream (default: TEST-NET placeholders until pulumi up)",
     )
     render_cmd.set_defaults(handler=_render)
+    lab = commands.add_parser("lab", help="run the rendered POP configs for real in network namespaces (root)")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+    lab_up = lab_commands.add_parser("up", help="build the relay lab; prints one JSON line describing it")
+    lab_up.add_argument("stack_file")
+    lab_up.add_argument("--media-mb", type=int, default=200, help="size of the origin's media file")
+    lab_up.set_defaults(handler=_lab_up)
+    lab_commands.add_parser("down", help="remove the relay lab: namespaces and processes").set_defaults(
+        handler=_lab_down
+    )
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -28,9 +28,9 @@ def certbot_policy(zone_id: str, certificate_names: Sequence[str]) -> dict[str, 
         "Version": "2012-10-17",
         "Statement": [
             {
-                "Sid": "FindZoneAndWaitForChanges",
+                "Sid": "FindZone",
                 "Effect": "Allow",
-                "Action": ["route53:GetChange", "route53:ListHostedZones"],
+                "Action": ["route53:ListHostedZones"],
                 "Resource": "*",
             },
             {
@@ -52,6 +52,13 @@ def certbot_policy(zone_id: str, certificate_names: Sequence[str]) -> dict[str, 
                     },
                     "Null": {RECORD_NAMES_KEY: "false", RECORD_TYPES_KEY: "false", ACTIONS_KEY: "false"},
                 },
+            },
+            {
+                # GetChange takes a change ARN; "*" here would be wider than the action needs.
+                "Sid": "WaitForChanges",
+                "Effect": "Allow",
+                "Action": ["route53:GetChange"],
+                "Resource": "arn:aws:route53:::change/*",
             },
         ],
     }

@@ -30,6 +30,8 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+# The certificate lab runs the certbot a POP installs (pinned, in a virtualenv of its own).
+.venv/bin/python -m plexcdn.lab.certs venv >/dev/null
 
 echo "plex-cdn setup: validating and rendering Pulumi.dev.yaml"
 .venv/bin/python -m plexcdn validate Pulumi.dev.yaml

@@ -3,6 +3,7 @@ type, name, parent, options and which inputs arrive marked secret."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ class RecordingMonitor(MockMonitor):
 
 
 def install_mocks(stack: str = "dev") -> tuple[ProgramMocks, RecordingMonitor]:
+    # Pulumi's runtime uses the thread's current loop; a test that ran asyncio.run() before leaves none.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = ProgramMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="plex-cdn", stack=stack, preview=False, monitor=monitor)

@@ -1,0 +1,244 @@
+"""The relay lab: a stack's rendered POP configs running for real, viewer -> edge -> hub -> origin.
+
+Each POP gets a network namespace running real nginx on its rendered config, unchanged except for the
+path prefix; a `client` namespace plays the viewer and an `origin` namespace runs a Plex-like server.
+Namespaces are joined along the topology by veth pairs with addresses from 198.18.0.0/20, nothing has
+a default route, and every name resolves through the namespace's own /etc/hosts.
+
+`python -m plexcdn lab up STACK_FILE` builds it and prints one JSON line; `python -m plexcdn lab down`
+removes it. Tests use `relay_lab()` as a context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plexcdn import render, topology
+from plexcdn.config import StackConfig, load_stack_file
+from plexcdn.lab import origin as lab_origin
+from plexcdn.lab.ca import LabCA
+from plexcdn.lab.netns import Lab, LabError, remove_namespaces_with_prefix
+
+PREFIX = "pcr-"
+LAB_NETWORK = ipaddress.ip_network("198.18.0.0/20")
+STATE_DIR = Path("/run/plexcdn-lab")
+ORIGIN_TLS_NAME_FALLBACK = "origin.lab.plex-cdn"
+MEDIA_PATH = lab_origin.MEDIA_PATH
+DEFAULT_MEDIA_MB = 200
+
+
+@dataclass
+class RelayLab:
+    """A running relay lab: where everything is, for tests and for a person."""
+
+    config: StackConfig
+    lab: Lab
+    root: Path
+    ca: LabCA  # stands in for Let's Encrypt
+    peer_ca: LabCA  # stands in for the stack's peer CA
+    addresses: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (a, b) -> (a addr, b addr)
+    viewer_pop: str = ""
+    media_file: Path = Path()
+    headers_log: Path = Path()
+    origin_port: int = 32400
+
+    def pop_dir(self, pop: str) -> Path:
+        return self.root / "pops" / pop
+
+    def conf(self, pop: str) -> Path:
+        return self.pop_dir(pop) / "etc" / "nginx" / "nginx.conf"
+
+    def logs_dir(self) -> Path:
+        return self.root / "pops"
+
+    def nginx(self, pop: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the nginx binary against a POP's config inside its namespace (`-t`, `-s reload`, ...)."""
+        return self.lab.run(pop, ["nginx", "-c", str(self.conf(pop)), *args], check=False)
+
+    def start_nginx(self, pop: str) -> None:
+        self.lab.start(pop, ["nginx", "-c", str(self.conf(pop)), "-g", "daemon off;"], log=self.root / f"{pop}.out")
+        wait_for_port(self, pop, 443)
+
+    def stop_nginx(self, pop: str) -> None:
+        self.nginx(pop, "-s", "quit")
+        pid_file = self.pop_dir(pop) / "run" / "nginx.pid"
+        deadline = time.monotonic() + 10
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def render_pop(self, pop: str, config: StackConfig | None = None) -> None:
+        """(Re)write a POP's nginx files from `config` (default: the lab's), as the deploy would."""
+        config = config or self.config
+        place = topology.place(config, pop)
+        addresses = {}
+        if place.role == "edge":
+            addresses[place.pop.upstream] = self.addresses[(pop, place.pop.upstream)][1]
+        client_cert = self.pop_dir(pop) / "peer-client.crt"
+        peer = render.PeerCertificates(
+            ca_pem=self.peer_ca.root_path.read_text(),
+            client_cert_pem=client_cert.read_text() if client_cert.exists() else render.PLACEHOLDER_PEER_CLIENT_CERT,
+        )
+        conf_dir = self.conf(pop).parent
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in render.nginx_files(
+            config, pop, prefix=str(self.pop_dir(pop)), addresses=addresses or None, peer=peer
+        ).items():
+            (conf_dir / name).write_text(text)
+
+    def info(self) -> dict[str, str]:
+        return {
+            "client_netns": self.lab.ns("client"),
+            "url": self.config.shared_url,
+            "ca_file": str(self.ca.bundle_path),
+            "logs_dir": str(self.logs_dir()),
+            "media_path": MEDIA_PATH,
+            "media_file": str(self.media_file),
+            "headers_log": str(self.headers_log),
+        }
+
+
+def wait_for_port(relay: RelayLab, role: str, port: int, timeout: float = 15) -> None:
+    """Wait until something listens on `port` in the namespace (checked with `ss`, no traffic sent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listening = relay.lab.run(role, ["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
+        if listening.strip():
+            return
+        time.sleep(0.1)
+    raise LabError(f"nothing listens on port {port} in {relay.lab.ns(role)} after {timeout:.0f} s")
+
+
+def _origin_tls_name(config: StackConfig) -> str:
+    return config.origin.verify_name or (
+        config.origin.host if not config.origin.host[0].isdigit() else ORIGIN_TLS_NAME_FALLBACK
+    )
+
+
+def _links(config: StackConfig) -> list[tuple[str, str]]:
+    """Every hop of the tree as (downstream, upstream), plus the viewer's hop to the deepest POP."""
+    hops = [(pop.name, pop.upstream) for pop in config.pops]
+    deepest = max(topology.places(config), key=lambda p: (p.hops, p.pop.name)).pop.name
+    return [("client", deepest), *hops]
+
+
+def build(config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MEDIA_MB) -> RelayLab:
+    if config.origin.link != "public":
+        raise LabError("the relay lab runs the public origin link; set origin.link: public in the stack it is given")
+    root.mkdir(parents=True, exist_ok=True)
+    ca = LabCA.create(root / "ca", "plex-cdn relay lab")
+    # The stack's peer CA signs client certificates directly: the peer port verifies one level deep.
+    peer_ca = LabCA.create(root / "peer-ca", "plex-cdn relay lab peer", intermediate=False)
+    relay = RelayLab(config, lab, root, ca, peer_ca)
+    relay.origin_port = config.origin.port
+    subnets = LAB_NETWORK.subnets(new_prefix=30)
+    links = _links(config)
+    relay.viewer_pop = links[0][1]
+    for role in ("client", "origin", *(pop.name for pop in config.pops)):
+        lab.add_namespace(role)
+    for downstream, upstream in links:
+        veth = lab.link(downstream, upstream, str(next(subnets)))
+        relay.addresses[(downstream, upstream)] = (str(veth.a_addr), str(veth.b_addr))
+
+    # Names: the viewer finds the shared name and the POP names at its POP; hubs find the Plex server.
+    viewer_address = relay.addresses[("client", relay.viewer_pop)][1]
+    client_hosts = {config.shared_name: viewer_address}
+    client_hosts.update({config.pop_name(pop.name): viewer_address for pop in config.pops})
+    lab.write_hosts("client", client_hosts)
+    for pop in config.pops:
+        hosts = {config.pop_name(pop.name): "127.0.0.1"}
+        if pop.upstream == "origin":
+            hosts[config.origin.host] = relay.addresses[(pop.name, "origin")][1]
+        lab.write_hosts(pop.name, hosts)
+
+    # Certificates where the rendered config expects them: Let's Encrypt's layout for each POP's names,
+    # the lab CA in the POPs' trust bundle, and peer client certificates for edges.
+    for place in topology.places(config):
+        name = place.pop.name
+        base = relay.pop_dir(name)
+        for directory in ("run", "var/log/nginx", "var/cache/nginx", "etc/ssl/certs"):
+            (base / directory).mkdir(parents=True, exist_ok=True)
+        ca.issue(config.certificate_names(name), base / "etc" / "letsencrypt", config.pop_name(name))
+        shutil.copyfile(ca.bundle_path, base / "etc" / "ssl" / "certs" / "ca-certificates.crt")
+        if place.role == "edge":
+            key_path = relay.conf(name).parent / render.PEER_CLIENT_KEY_FILE
+            peer_ca.issue_client(config.pop_name(name), base / "peer-client.crt", key_path)
+        relay.render_pop(name)
+
+    origin_dir = root / "origin"
+    origin_dir.mkdir(exist_ok=True)
+    relay.media_file = origin_dir / "media.mkv"
+    lab_origin.make_media_file(relay.media_file, media_mb * 1024 * 1024)
+    relay.headers_log = origin_dir / "headers.jsonl"
+    origin_cert = ca.issue([_origin_tls_name(config)], origin_dir / "tls", "origin")
+    hub_side = [relay.addresses[(pop.name, "origin")][1] for pop in config.pops if pop.upstream == "origin"]
+    for address in hub_side:
+        lab.start(
+            "origin",
+            [
+                sys.executable,
+                "-m",
+                "plexcdn.lab.origin",
+                "--listen",
+                f"{address}:{relay.origin_port}",
+                "--media",
+                str(relay.media_file),
+                "--headers-log",
+                str(relay.headers_log),
+                "--tls-cert",
+                str(origin_cert.fullchain),
+                "--tls-key",
+                str(origin_cert.privkey),
+            ],
+            log=origin_dir / "origin.out",
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+    wait_for_port(relay, "origin", relay.origin_port)
+    for place in topology.places(config):
+        test = relay.nginx(place.pop.name, "-t")
+        if test.returncode != 0:
+            raise LabError(f"nginx -t rejected POP {place.pop.name}'s rendered config: {test.stderr}")
+        relay.start_nginx(place.pop.name)
+    return relay
+
+
+@contextlib.contextmanager
+def relay_lab(
+    config: StackConfig, root: Path, media_mb: int = DEFAULT_MEDIA_MB, prefix: str = PREFIX
+) -> Iterator[RelayLab]:
+    """Build the lab, yield it, and always tear it down completely."""
+    with Lab(prefix) as lab:
+        yield build(config, root, lab, media_mb)
+
+
+def lab_up(stack_file: Path, media_mb: int) -> dict[str, str]:
+    down()
+    config = load_stack_file(stack_file)
+    root = STATE_DIR
+    lab = Lab(PREFIX)
+    try:
+        relay = build(config, root, lab, media_mb)
+    except BaseException:
+        lab.close()
+        raise
+    info = relay.info()
+    (root / "lab.json").write_text(json.dumps({"info": info, "namespaces": lab.namespaces}))
+    # The processes outlive this command; `lab down` finds them through their namespaces.
+    lab.processes.clear()
+    lab.namespaces.clear()
+    return info
+
+
+def down() -> list[str]:
+    removed = remove_namespaces_with_prefix(PREFIX)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+    return removed

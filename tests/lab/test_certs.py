@@ -1,0 +1,357 @@
+"""The certificate lab: the POP's rendered certbot steps against Pebble and moto, issuance through renewal.
+
+Needs root (network namespaces for nginx), Debian's pebble and nginx, and the certbot venv
+(`python -m plexcdn.lab.certs venv`, created on first use when missing).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from plexcdn import iam_eval, render
+from plexcdn.config import StackConfig, load_stack_file
+from plexcdn.lab.certs import (
+    CERTBOT_WRITE_FILES,
+    CREDENTIALS_PATH,
+    DEPLOY_HOOK_PATH,
+    ENV_FILE_PATH,
+    ISSUE_SCRIPT_PATH,
+    LAB_ENV_OVERRIDES,
+    PREFIXED_ENV_KEYS,
+    CertLab,
+    DnsAnswer,
+    ScriptRun,
+    cert_lab,
+    certbot_venv_versions,
+    cloud_init_files,
+    ensure_certbot_venv,
+    load_certificates,
+    route53_endpoint_seen_by_certbot,
+)
+from plexcdn.lab.netns import lab_unavailable_reason
+
+EXAMPLE_STACK = Path(__file__).resolve().parents[2] / "Pulumi.dev.yaml"
+POP = "us"
+ROUTE53_NS = "{https://route53.amazonaws.com/doc/2013-04-01/}"
+
+
+def _missing_tools() -> str | None:
+    missing = [tool for tool in ("pebble", "nginx") if shutil.which(tool) is None]
+    return f"needs {' and '.join(missing)} (Debian packages pebble, nginx)" if missing else None
+
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(lab_unavailable_reason() is not None, reason=f"certificate lab: {lab_unavailable_reason()}"),
+    pytest.mark.skipif(_missing_tools() is not None, reason=f"certificate lab: {_missing_tools()}"),
+]
+
+
+@dataclass
+class IssuedLab:
+    lab: CertLab
+    issuance: ScriptRun
+    dns_answers: list[DnsAnswer]
+    txt_after: dict[str, list[str]]
+    issuance_log: str
+
+
+@pytest.fixture(scope="module")
+def config() -> StackConfig:
+    return load_stack_file(EXAMPLE_STACK)
+
+
+@pytest.fixture(scope="module")
+def issued(config: StackConfig) -> Iterator[IssuedLab]:
+    """A lab whose POP has run its issuance script once, with nginx started on the result."""
+    with cert_lab(config, POP, issue_attempts=2, issue_retry_seconds=1) as lab:
+        run = lab.issue()
+        if run.returncode != 0:
+            pytest.fail(f"first issuance failed (exit {run.returncode}):\n{run.output}")
+        answers = lab.dns.answers()
+        txt_after = lab.moto.txt_records()
+        issuance_log = lab.last_certbot_log()
+        lab.start_nginx()
+        yield IssuedLab(lab, run, answers, txt_after, issuance_log)
+
+
+def _serial(certificate: x509.Certificate) -> str:
+    return format(certificate.serial_number, "x")
+
+
+def _served_serial(lab: CertLab, name: str, port: int = 443) -> int:
+    return lab.served_certificate(name, port).serial_number
+
+
+def _wait_for_served_serial(lab: CertLab, name: str, serial: int, timeout: float = 15) -> int:
+    deadline = time.monotonic() + timeout
+    served = _served_serial(lab, name)
+    while served != serial and time.monotonic() < deadline:
+        time.sleep(0.1)
+        served = _served_serial(lab, name)
+    return served
+
+
+def _challenge_changes(lab: CertLab) -> list[tuple[str, str, list[str]]]:
+    """(action, record name, values) of every record change certbot sent, in order."""
+    changes = []
+    for request in lab.certbot_requests():
+        if request.method != "POST" or not request.path.endswith(("/rrset", "/rrset/")):
+            continue
+        # Bodies certbot sent to the lab's own moto.
+        for change in ElementTree.fromstring(request.body).iter(f"{ROUTE53_NS}Change"):  # noqa: S314
+            record = change.find(f"{ROUTE53_NS}ResourceRecordSet")
+            assert record is not None
+            values = [value.text or "" for value in record.iter(f"{ROUTE53_NS}Value")]
+            changes.append(
+                (change.findtext(f"{ROUTE53_NS}Action", ""), record.findtext(f"{ROUTE53_NS}Name", ""), values)
+            )
+    return changes
+
+
+def _read_response(connection: ssl.SSLSocket, timeout: float = 15) -> bytes:
+    connection.settimeout(timeout)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_certbot_venv_has_the_pops_pinned_versions_and_honours_the_route53_endpoint(config: StackConfig) -> None:
+    venv = ensure_certbot_venv()
+    assert certbot_venv_versions(venv) == (render.CERTBOT_VERSION, render.CERTBOT_VERSION)
+    runcmd = yaml.safe_load(render.cloud_init(config, POP))["runcmd"]
+    pip_install = next(step for step in runcmd if "install" in step and str(step[0]).endswith("/pip"))
+    assert f"certbot=={render.CERTBOT_VERSION}" in pip_install
+    assert f"certbot-dns-route53=={render.CERTBOT_VERSION}" in pip_install
+    assert route53_endpoint_seen_by_certbot(venv, "http://127.0.0.1:9") == "http://127.0.0.1:9"
+
+
+def test_lab_runs_the_rendered_files_and_differs_from_the_pop_only_in_its_env_values(issued: IssuedLab) -> None:
+    lab = issued.lab
+    rendered = cloud_init_files(lab.cloud_init())
+    for pop_path in CERTBOT_WRITE_FILES:
+        on_disk = lab.path(pop_path)
+        assert on_disk.stat().st_mode & 0o777 == rendered[pop_path].permissions, pop_path
+        if pop_path != ENV_FILE_PATH:
+            assert on_disk.read_text() == rendered[pop_path].content, f"{pop_path} is not the rendered file"
+    differences = lab.env_differences()
+    assert set(differences) == set(PREFIXED_ENV_KEYS) | set(LAB_ENV_OVERRIDES)
+    for key in PREFIXED_ENV_KEYS:
+        pop_value, lab_value = differences[key]
+        assert lab_value == str(lab.root) + pop_value
+    credentials = lab.path(CREDENTIALS_PATH)
+    assert rendered[CREDENTIALS_PATH].permissions == 0o600
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    assert lab.boot.aws_access_key_id in credentials.read_text()
+
+
+def test_first_issuance_puts_the_certificate_where_nginx_reads_it(issued: IssuedLab) -> None:
+    lab = issued.lab
+    assert f"plex-cdn: certificate {lab.cert_name} is in" in issued.issuance.stdout
+    assert "attempt" not in issued.issuance.stderr, "the first attempt should have succeeded"
+    paths = lab.tls_paths()
+    assert paths["ssl_certificate"] == lab.live_dir / "fullchain.pem"
+    assert paths["ssl_certificate_key"] == lab.live_dir / "privkey.pem"
+    chain = load_certificates(paths["ssl_certificate"])
+    leaf = chain[0]
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sorted(names) == sorted(lab.certificate_names)
+    assert lab.cert_name == lab.config.pop_name(POP)
+    root = x509.load_pem_x509_certificate(lab.pebble.root_file.read_bytes())
+    assert len(chain) >= 2
+    leaf.verify_directly_issued_by(chain[1])
+    chain[-1].verify_directly_issued_by(root)
+    key = serialization.load_pem_private_key(paths["ssl_certificate_key"].read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key() == leaf.public_key()
+    # The private key is root's alone: certbot keeps it 0600 in a 0700 archive.
+    real_key = paths["ssl_certificate_key"].resolve()
+    assert real_key.stat().st_mode & 0o077 == 0, oct(real_key.stat().st_mode)
+    assert (lab.letsencrypt_dir / "archive").stat().st_mode & 0o777 == 0o700
+    assert (lab.letsencrypt_dir / "live").stat().st_mode & 0o777 == 0o700
+    renewal_conf = (lab.letsencrypt_dir / "renewal" / f"{lab.cert_name}.conf").read_text()
+    assert "authenticator = dns-route53" in renewal_conf
+    # certbot 5.8 runs the deploy hook after the first issuance too. nginx is not up yet in the lab
+    # then, so that run fails, and certbot only warns: a hook cannot cost a POP its certificate.
+    assert f"Running deploy-hook command: {lab.path(DEPLOY_HOOK_PATH)}" in issued.issuance_log
+    assert issued.issuance.returncode == 0
+
+
+def test_challenge_records_are_published_during_issuance_and_removed_after(issued: IssuedLab) -> None:
+    lab = issued.lab
+    changes = _challenge_changes(lab)
+    for name in lab.certificate_names:
+        record = f"_acme-challenge.{name}"
+        actions = [action for action, changed, _ in changes if changed.rstrip(".") == record]
+        assert actions[:2] == ["UPSERT", "DELETE"], f"{record}: {actions}"
+        published = next(values for action, changed, values in changes if changed.rstrip(".") == record)
+        answered = [answer for answer in issued.dns_answers if answer.name == record and answer.record_type == "TXT"]
+        assert answered, f"Pebble never asked the lab DNS for {record}"
+        # What Pebble's validator was told is what certbot wrote to Route53.
+        assert any(f'"{value}"' in published for answer in answered for value in answer.values), (
+            f"{record}: answered {answered}, published {published}"
+        )
+        assert record not in issued.txt_after, f"{record} was left in the zone"
+
+
+def test_nginx_serves_the_chain_pebble_issued_for_every_name(issued: IssuedLab) -> None:
+    lab = issued.lab
+    issued_leaf = lab.live_certificate()
+    for name in lab.certificate_names:
+        # Verified against Pebble's root alone: the handshake passes only if nginx sends the intermediate.
+        with lab.connect(name) as connection:
+            der = connection.getpeercert(binary_form=True)
+            assert connection.version() in ("TLSv1.2", "TLSv1.3")
+        assert der == issued_leaf.public_bytes(serialization.Encoding.DER)
+    # The hub's peer port serves the same certificate.
+    assert _served_serial(lab, lab.cert_name, port=render.PEER_PORT) == issued_leaf.serial_number
+
+
+def test_forced_renewal_reloads_nginx_with_the_new_certificate_without_dropping_a_connection(
+    issued: IssuedLab,
+) -> None:
+    lab = issued.lab
+    name = lab.config.shared_name
+    before = lab.live_certificate()
+    assert _wait_for_served_serial(lab, name, before.serial_number) == before.serial_number
+    master = lab.nginx
+    assert master is not None and master.poll() is None
+    held = lab.connect(name)
+    try:
+        # A request under way: its headers are not finished, so the old worker must keep it.
+        held.sendall(f"GET /library/sections HTTP/1.1\r\nHost: {name}\r\n".encode())
+        renewal = lab.renew(force=True)
+        assert renewal.returncode == 0, renewal.output
+        after = lab.live_certificate()
+        assert after.serial_number != before.serial_number
+        served = _wait_for_served_serial(lab, name, after.serial_number)
+        assert served == after.serial_number, f"nginx still serves {served:x}, renewed {_serial(after)}"
+        held_der = held.getpeercert(binary_form=True)
+        assert held_der == before.public_bytes(serialization.Encoding.DER)
+        held.sendall(b"Connection: close\r\n\r\n")
+        response = _read_response(held)
+    finally:
+        held.close()
+    # The upstream is absent, so the answer is the POP's own 502 page: proof the connection lived.
+    assert response.startswith(b"HTTP/1.1 502"), response[:200]
+    assert f"plex-cdn POP {POP}".encode() in response
+    assert master.poll() is None, "the nginx master must survive a reload"
+    log = lab.last_certbot_log()
+    assert f"Running deploy-hook command: {lab.path(DEPLOY_HOOK_PATH)}" in log
+    assert "reported error code" not in log
+
+
+def test_renewal_with_a_broken_nginx_config_keeps_serving_the_old_certificate(issued: IssuedLab) -> None:
+    lab = issued.lab
+    name = lab.cert_name
+    served_before = _served_serial(lab, name)
+    maps = lab.nginx_dir / "plexcdn-maps.conf"
+    original = maps.read_text()
+    maps.write_text(original + "\nplexcdn_not_a_directive on;\n")
+    try:
+        renewal = lab.renew(force=True)
+    finally:
+        maps.write_text(original)
+    renewed = lab.live_certificate()
+    assert renewed.serial_number != served_before, "certbot should still have renewed"
+    log = lab.last_certbot_log()
+    assert "Hook 'deploy-hook' reported error code 1" in log
+    report = renewal.output + log
+    assert "nginx -t failed, so nginx was not reloaded" in report
+    assert "plexcdn_not_a_directive" in report, "the hook should say what nginx -t found"
+    for _ in range(5):
+        assert _served_serial(lab, name) == served_before
+        time.sleep(0.1)
+    assert lab.nginx is not None and lab.nginx.poll() is None
+
+
+def test_policy_allows_every_request_certbot_made_and_denies_wider_changes(issued: IssuedLab) -> None:
+    lab = issued.lab
+    policy = lab.policy()
+    recorded = lab.certbot_requests()
+    judged = [iam_eval.route53_request(r.method, r.path, r.body) for r in recorded]
+    actions = {request.action for request in judged}
+    assert {"route53:ListHostedZones", "route53:ChangeResourceRecordSets", "route53:GetChange"} <= actions
+    refused = [request.describe() for request in judged if not iam_eval.is_allowed(policy, request)]
+    assert refused == []
+
+    zone = lab.zone_id
+    assert zone is not None
+    record = f"_acme-challenge.{lab.config.shared_name}".encode()
+    change = next(r for r in recorded if r.method == "POST" and "/rrset" in r.path and record in r.body)
+    mutated = {
+        "another name": (change.path, change.body.replace(record, b"_acme-challenge.www.example.com")),
+        "the viewers' record itself": (change.path, change.body.replace(record, lab.config.shared_name.encode())),
+        "another record type": (change.path, change.body.replace(b"<Type>TXT</Type>", b"<Type>A</Type>")),
+        "another zone": (change.path.replace(zone, "Z0THERZONE"), change.body),
+        "CREATE instead of UPSERT": (
+            change.path,
+            re.sub(rb"<Action>\w+</Action>", b"<Action>CREATE</Action>", change.body),
+        ),
+    }
+    for label, (path, body) in mutated.items():
+        assert (path, body) != (change.path, change.body), label
+        request = iam_eval.route53_request("POST", path, body)
+        assert iam_eval.evaluate(policy, request) == "ImplicitDeny", f"{label}: {request.describe()}"
+    mixed = iam_eval.route53_change_request(
+        zone, [("UPSERT", f"_acme-challenge.{lab.config.shared_name}", "TXT"), ("UPSERT", lab.config.shared_name, "A")]
+    )
+    assert not iam_eval.is_allowed(policy, mixed), "one allowed change must not carry another"
+    no_keys = iam_eval.Request("route53:ChangeResourceRecordSets", iam_eval.zone_arn(zone))
+    assert not iam_eval.is_allowed(policy, no_keys), "the Null guard must refuse a change without condition keys"
+    assert not iam_eval.is_allowed(policy, iam_eval.Request("route53:DeleteHostedZone", iam_eval.zone_arn(zone)))
+
+
+def test_issuance_retries_until_the_zone_appears(config: StackConfig) -> None:
+    with cert_lab(config, POP, zone_at_start=False, issue_attempts=4, issue_retry_seconds=2) as lab:
+        script = lab.start_issue()
+        script.wait_for_line(r"attempt 1 for \S+ failed; retrying in 2 s", timeout=90)
+        lab.create_zone()
+        run = script.finish(timeout=120)
+        assert run.returncode == 0, run.output
+        retries = re.findall(r"attempt \d+ for \S+ failed", run.stderr)
+        assert 1 <= len(retries) < 4
+        assert re.search(r"Unable to find a Route53 hosted zone for _acme-challenge\.", run.output), run.output
+        assert lab.certbot_runs() == len(retries) + 1
+        assert (lab.live_dir / "fullchain.pem").exists()
+
+
+def test_issuance_gives_up_after_issue_attempts_when_the_zone_never_appears(config: StackConfig) -> None:
+    with cert_lab(config, POP, zone_at_start=False, issue_attempts=3, issue_retry_seconds=1) as lab:
+        run = lab.issue(timeout=120)
+        domains = ",".join(config.certificate_names(POP))
+        assert run.returncode == 1, run.output
+        assert f"plex-cdn: no certificate for {domains} after 3 attempts; giving up" in run.stderr
+        assert re.findall(r"attempt (\d+) for \S+ failed; retrying in (\d+) s", run.stderr) == [("1", "1"), ("2", "2")]
+        assert lab.certbot_runs() == 3
+        assert not lab.live_dir.exists()
+        assert str(lab.path(ISSUE_SCRIPT_PATH)) in run.stderr, "the message says what to run again"
+
+
+def test_lab_servers_stop_when_the_lab_closes(config: StackConfig) -> None:
+    with cert_lab(config, POP) as lab:
+        moto, pebble = lab.moto.process, lab.pebble.process
+        dns_port = lab.dns.port
+    assert moto is not None and moto.poll() is not None
+    assert pebble is not None and pebble.poll() is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", dns_port))

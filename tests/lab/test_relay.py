@@ -1,0 +1,230 @@
+"""The example stack's rendered configs run as a chain, viewer -> edge (asia) -> hub (us) -> origin,
+with Plex-shaped traffic pushed through them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plexcdn import render
+from plexcdn.config import load_stack_file, parse_config
+from plexcdn.lab import relay
+from plexcdn.lab.ca import LabCA
+from plexcdn.lab.netns import existing_namespaces, lab_unavailable_reason
+from tests.conftest import EXAMPLE_STACK, example_values
+
+pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))
+
+# Its own namespace names, so a person's `lab up` and this test never tear down each other's lab.
+PREFIX = f"pcr{os.getpid() % 1000}-"
+TOKEN = "lab-token-" + "".join(random.choices("abcdefghjkmnpqrstuvwxyz23456789", k=16))
+MEDIA_MB = 200
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[relay.RelayLab]:
+    # nginx workers run as www-data and must reach the cache directories, which pytest's 0700 tmp hides.
+    root = Path(tempfile.mkdtemp(prefix="plexcdn-relay-"))
+    root.chmod(0o755)
+    try:
+        with relay.relay_lab(load_stack_file(EXAMPLE_STACK), root, MEDIA_MB, prefix=PREFIX) as built:
+            yield built
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert not [ns for ns in existing_namespaces() if ns.startswith(PREFIX)], "tear-down left namespaces"
+
+
+def view(lab: relay.RelayLab, command: str, path: str, *options: str, timeout: float = 180) -> dict[str, Any]:
+    url = lab.config.shared_url.replace("https://", "wss://" if command == "websocket" else "https://") + path
+    argv = [sys.executable, "-m", "plexcdn.lab.viewer", command, url, "--ca", str(lab.ca.bundle_path), *options]
+    result = lab.lab.run("client", argv, timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def headers_seen(lab: relay.RelayLab) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lab.headers_log.read_text().splitlines()]
+
+
+def access_log(lab: relay.RelayLab, pop: str) -> list[str]:
+    return (lab.pop_dir(pop) / "var" / "log" / "nginx" / "access.log").read_text().splitlines()
+
+
+def test_a_range_at_a_random_offset_returns_the_origins_bytes(lab: relay.RelayLab) -> None:
+    size = lab.media_file.stat().st_size
+    for _ in range(3):
+        start = random.randrange(0, size - 70_000)
+        end = start + random.randrange(1, 65_536)
+        result = view(lab, "get", relay.MEDIA_PATH, "--range", f"{start}-{end}")
+        assert result["status"] == 206
+        assert result["headers"]["Content-Range"] == f"bytes {start}-{end}/{size}"
+        with lab.media_file.open("rb") as media:
+            media.seek(start)
+            assert bytes.fromhex(result["body_hex"]) == media.read(end - start + 1)
+
+
+def test_the_whole_media_file_arrives_byte_identical(lab: relay.RelayLab) -> None:
+    expected = hashlib.sha256(lab.media_file.read_bytes()).hexdigest()
+    result = view(lab, "get", relay.MEDIA_PATH, "--sha256")
+    assert result["status"] == 200
+    assert result["size"] == MEDIA_MB * 1024 * 1024
+    assert result["sha256"] == expected
+
+
+def test_websocket_crosses_both_hops_both_ways_and_outlives_a_60_second_silence(lab: relay.RelayLab) -> None:
+    result = view(lab, "websocket", "/:/websockets/notifications", "--idle", "65", timeout=200)
+    hello, before, after = result["received"]
+    assert json.loads(hello)["NotificationContainer"]["type"] == "lab.hello", "origin -> viewer"
+    assert (before, after) == ("before idle", "after idle"), "viewer -> origin -> viewer, before and after the silence"
+    upgrades = [h for h in headers_seen(lab) if h["path"] == "/:/websockets/notifications"]
+    assert upgrades and upgrades[-1]["headers"].get("upgrade", "").lower() == "websocket"
+
+
+def test_origin_sees_the_viewer_first_in_x_forwarded_for_and_the_real_host(lab: relay.RelayLab) -> None:
+    view(lab, "get", "/identity", "--header", "X-Forwarded-For: 10.9.9.9")
+    seen = [h for h in headers_seen(lab) if h["path"] == "/identity"][-1]["headers"]
+    client_address = lab.addresses[("client", lab.viewer_pop)][0]
+    edge_address = lab.addresses[(lab.viewer_pop, "us")][0]
+    assert seen["x-forwarded-for"] == f"{client_address}, {edge_address}", "a viewer's own header is replaced"
+    assert seen["x-real-ip"] == client_address
+    assert seen["host"] == lab.config.shared_name
+
+
+def test_sequential_requests_share_one_connection_from_edge_to_hub(lab: relay.RelayLab) -> None:
+    before = len(access_log(lab, "us"))
+    result = view(lab, "sequence", "/identity", "--count", "12")
+    assert result["statuses"] == [200] * 12
+    hub_lines = access_log(lab, "us")[before:]
+    connections = {re.search(r" conn=(\d+) ", line).group(1) for line in hub_lines}  # type: ignore[union-attr]
+    assert len(hub_lines) == 12
+    assert len(connections) == 1, f"the edge opened {len(connections)} connections to the hub"
+
+
+def test_artwork_is_cached_per_token_and_shared_for_public_sources(lab: relay.RelayLab) -> None:
+    private = "/photo/:/transcode?width=300&height=450&url=%2Flibrary%2Fmetadata%2F7%2Fthumb"
+    first = view(lab, "get", private, "--header", f"X-Plex-Token: {TOKEN}")
+    second = view(lab, "get", private, "--header", f"X-Plex-Token: {TOKEN}")
+    other_user = view(lab, "get", private, "--header", "X-Plex-Token: someone-else")
+    anonymous = view(lab, "get", private)
+    cache = [r["headers"].get("X-PlexCDN-Cache") for r in (first, second, other_user, anonymous)]
+    assert cache[:3] == ["MISS", "HIT", "MISS"]
+    assert cache[3] in ("BYPASS", None, "MISS") and cache[3] != "HIT"
+    public = "/photo/:/transcode?width=300&url=https%3A%2F%2Fmetadata-static.plex.tv%2Fposter.jpg"
+    view(lab, "get", f"{public}&X-Plex-Token={TOKEN}")
+    shared = view(lab, "get", f"{public}&X-Plex-Token=someone-else")
+    assert shared["headers"].get("X-PlexCDN-Cache") == "HIT"
+
+
+def test_the_token_never_reaches_a_log(lab: relay.RelayLab) -> None:
+    view(lab, "get", f"/library/sections?X-Plex-Token={TOKEN}")
+    view(lab, "get", "/library/sections", "--header", f"X-Plex-Token: {TOKEN}")
+    view(lab, "get", f"/photo/:/transcode?url=%2Flibrary%2Fmetadata%2F1%2Fart%3FX-Plex-Token%3D{TOKEN}")
+    view(lab, "get", f"/does/not/exist?x-plex-token={TOKEN}")
+    logs = sorted(lab.logs_dir().rglob("*.log"))
+    assert any(p.name == "access.log" for p in logs) and any(p.name == "error.log" for p in logs)
+    for log in logs:
+        assert TOKEN not in log.read_text(), f"{log} contains the token"
+    assert sum(TOKEN in json.dumps(h) for h in headers_seen(lab)) >= 3, "the token still reaches Plex"
+
+
+def _swap_hub_certificate(lab: relay.RelayLab, authority: LabCA, names: list[str]) -> None:
+    lineage = lab.config.pop_name("us")
+    authority.issue(names, lab.pop_dir("us") / "etc" / "letsencrypt", lineage)
+    assert lab.nginx("us", "-s", "reload").returncode == 0
+    time.sleep(0.5)
+
+
+def test_edge_refuses_a_hub_with_the_wrong_name_or_the_wrong_ca(lab: relay.RelayLab, tmp_path: Path) -> None:
+    hub_names = list(lab.config.certificate_names("us"))
+    try:
+        _swap_hub_certificate(lab, lab.ca, ["wrong.example.com"])
+        assert view(lab, "get", "/identity")["status"] == 502
+        stranger = LabCA.create(tmp_path / "stranger", "unrelated CA")
+        _swap_hub_certificate(lab, stranger, hub_names)
+        assert view(lab, "get", "/identity")["status"] == 502
+    finally:
+        _swap_hub_certificate(lab, lab.ca, hub_names)
+    assert view(lab, "get", "/identity")["status"] == 200
+
+
+def test_the_peer_port_refuses_a_client_without_a_peer_certificate(lab: relay.RelayLab) -> None:
+    hub = lab.addresses[(lab.viewer_pop, "us")][1]
+    result = lab.lab.run(
+        lab.viewer_pop,
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            str(lab.ca.bundle_path),
+            "--resolve",
+            f"{lab.config.pop_name('us')}:{render.PEER_PORT}:{hub}",
+            f"https://{lab.config.pop_name('us')}:{render.PEER_PORT}/identity",
+        ],
+        check=False,
+    )
+    assert result.stdout == "400", "nginx answers 400 when the required client certificate is missing"
+
+
+def test_hub_down_gives_a_clean_502_and_service_returns_by_itself(lab: relay.RelayLab) -> None:
+    lab.stop_nginx("us")
+    try:
+        down = view(lab, "get", f"/identity?X-Plex-Token={TOKEN}")
+        assert down["status"] == 502
+        assert down["headers"].get("Retry-After") == "10"
+        assert "is not answering" in bytes.fromhex(down["body_hex"]).decode()
+    finally:
+        lab.start_nginx("us")
+    assert view(lab, "get", "/identity")["status"] == 200
+    for log in lab.logs_dir().rglob("*.log"):
+        assert TOKEN not in log.read_text()
+
+
+def test_a_config_change_applied_like_the_deploy_keeps_an_open_stream(lab: relay.RelayLab) -> None:
+    stream = subprocess.Popen(
+        lab.lab.command(
+            "client",
+            [
+                sys.executable,
+                "-m",
+                "plexcdn.lab.viewer",
+                "get",
+                f"{lab.config.shared_url}/lab/slow?seconds=6&rate=500000",
+                "--ca",
+                str(lab.ca.bundle_path),
+                "--sha256",
+            ],
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    time.sleep(2)
+    values = example_values()
+    values["nginx"]["artworkCacheMb"] = 256
+    changed = parse_config(values, "dev")
+    lab.render_pop(lab.viewer_pop, changed)
+    assert "max_size=256m" in lab.conf(lab.viewer_pop).read_text()
+    assert lab.nginx(lab.viewer_pop, "-t").returncode == 0
+    assert lab.nginx(lab.viewer_pop, "-s", "reload").returncode == 0
+    out, _ = stream.communicate(timeout=60)
+    result = json.loads(out)
+    assert result["status"] == 200
+    assert result["size"] == 6 * 500_000, "the stream ran to its end across the reload"
+    lab.render_pop(lab.viewer_pop)
+    assert lab.nginx(lab.viewer_pop, "-s", "reload").returncode == 0

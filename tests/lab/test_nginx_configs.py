@@ -6,6 +6,7 @@ so each check runs in a network namespace whose /etc/hosts answers it with a lab
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.conftest import config_from, example_values, five_pop_values, wiregua
 pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))
 
 ORIGIN_LAB_ADDRESS = "198.18.250.2"
+PREFIX = f"pcn{os.getpid() % 1000}-"
 
 
 def _write_pop_tree(config: StackConfig, pop: str, prefix: Path) -> Path:
@@ -52,7 +54,7 @@ STACKS = {"example": example_values, "five-pop": five_pop_values, "wireguard": w
 
 @pytest.fixture(scope="module")
 def resolver_lab() -> Iterator[Lab]:
-    with Lab("pcn-") as lab:
+    with Lab(PREFIX) as lab:
         lab.add_namespace("check", hosts={"home.example.net": ORIGIN_LAB_ADDRESS})
         yield lab
 
@@ -78,7 +80,7 @@ def test_nginx_t_catches_a_broken_config(resolver_lab: Lab, tmp_path: Path) -> N
 def test_nginx_t_fails_when_the_origin_name_does_not_resolve(tmp_path: Path) -> None:
     config = config_from(example_values())
     main = _write_pop_tree(config, "us", tmp_path)
-    with Lab("pcn-") as lab:
+    with Lab(PREFIX) as lab:
         lab.add_namespace("nodns", hosts={})
         result = lab.run("nodns", ["nginx", "-t", "-c", str(main)], check=False)
     assert result.returncode != 0 and "host not found" in result.stderr

@@ -28,7 +28,6 @@ import base64
 import contextlib
 import ctypes
 import dataclasses
-import datetime
 import fcntl
 import ipaddress
 import json
@@ -55,14 +54,12 @@ from typing import Any, Final
 import boto3
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from plexcdn import iam, render
 from plexcdn.config import StackConfig, load_stack_file
+from plexcdn.lab.ca import LabCA
 from plexcdn.lab.netns import Lab, LabError, lab_unavailable_reason
 
 CERTBOT_VENV_VARIABLE: Final = "PLEXCDN_CERTBOT_VENV"
@@ -271,88 +268,6 @@ def tls_certificate_paths(tls_conf: str) -> dict[str, str]:
     if set(found) != {"ssl_certificate", "ssl_certificate_key"}:
         raise LabError(f"plexcdn-tls.conf names {sorted(found)}, not both ssl_certificate and ssl_certificate_key")
     return found
-
-
-# --- certificates the lab itself needs -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def certificate_pem(self) -> str:
-        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
-
-    @property
-    def key_pem(self) -> str:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode()
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: KeyPair | None,
-    *,
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    signing_key = issuer.key if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.certificate.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False)
-    )
-    is_ca = issuer is None
-    usages = x509.KeyUsage(
-        digital_signature=not is_ca,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=is_ca,
-        crl_sign=is_ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    builder = builder.add_extension(usages, critical=True)
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
-
-
-def make_ca(common_name: str) -> KeyPair:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return KeyPair(_certificate(common_name, key, None), key)
-
-
-def make_leaf(
-    ca: KeyPair,
-    common_name: str,
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-    client: bool = False,
-) -> KeyPair:
-    key = ec.generate_private_key(ec.SECP256R1())
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    return KeyPair(_certificate(common_name, key, ca, dns_names=dns_names, ip_addresses=ip_addresses, usage=usage), key)
 
 
 def load_certificate(path: Path) -> x509.Certificate:
@@ -597,7 +512,8 @@ class Pebble:
         self.port = 0
         self.management_port = 0
         self.process: subprocess.Popen[bytes] | None = None
-        self.tls_ca_file = lab_dir / "pebble-api-ca.pem"
+        self.api_ca = LabCA.create(lab_dir / "pebble-api-ca", "plex-cdn certificate lab Pebble API")
+        self.tls_ca_file = self.api_ca.bundle_path
         self.root_file = lab_dir / "pebble-root.pem"
         self.log = lab_dir / "pebble.log"
 
@@ -606,20 +522,14 @@ class Pebble:
         return f"https://127.0.0.1:{self.port}/dir"
 
     def start(self) -> None:
-        ca = make_ca("plex-cdn certificate lab: Pebble API CA")
-        leaf = make_leaf(ca, "127.0.0.1", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
-        self.tls_ca_file.write_text(ca.certificate_pem)
-        (self.lab_dir / "pebble-api.pem").write_text(leaf.certificate_pem)
-        key_file = self.lab_dir / "pebble-api.key"
-        key_file.write_text(leaf.key_pem)
-        key_file.chmod(0o600)
+        api = self.api_ca.issue(["127.0.0.1", "localhost"], self.lab_dir / "pebble-api", "api")
         self.port, self.management_port = free_port(), free_port()
         config = {
             "pebble": {
                 "listenAddress": f"127.0.0.1:{self.port}",
                 "managementListenAddress": f"127.0.0.1:{self.management_port}",
-                "certificate": str(self.lab_dir / "pebble-api.pem"),
-                "privateKey": str(key_file),
+                "certificate": str(api.fullchain),
+                "privateKey": str(api.privkey),
                 # Ports for HTTP-01 and TLS-ALPN-01 validation, which certbot's DNS plugin never asks for.
                 "httpPort": 5002,
                 "tlsPort": 5001,
@@ -803,7 +713,7 @@ class CertLab:
     zone_id: str | None = field(init=False, default=None)
     network: Lab | None = field(init=False, default=None)
     nginx: subprocess.Popen[bytes] | None = field(init=False, default=None)
-    peer_ca: KeyPair = field(init=False)
+    peer_ca: LabCA = field(init=False)
     # Namespace names carry it, so a lab's deploy hook can only ever reach its own nginx.
     lab_id: str = field(init=False, default_factory=lambda: os.urandom(2).hex())
     _started: list[str] = field(init=False, default_factory=list)
@@ -895,7 +805,8 @@ class CertLab:
         self.pebble = Pebble(self.lab_dir, self.dns.address)
         self._started.append("pebble")
         self.pebble.start()
-        self.peer_ca = make_ca("plex-cdn certificate lab: peer CA")
+        # The stack's peer CA signs client certificates directly, as the peer port verifies one level deep.
+        self.peer_ca = LabCA.create(self.lab_dir / "peer-ca", "plex-cdn certificate lab peer", intermediate=False)
         self._write_pop_files()
 
     def create_zone(self) -> str:
@@ -970,18 +881,20 @@ class CertLab:
         return {pop.name: str(POP_ADDRESS if pop.name == self.pop else VIEWER_ADDRESS) for pop in self.config.pops}
 
     def _write_nginx_files(self) -> None:
-        client = make_leaf(self.peer_ca, self.cert_name, client=True)
-        peer = render.PeerCertificates(ca_pem=self.peer_ca.certificate_pem, client_cert_pem=client.certificate_pem)
+        client = self.peer_ca.issue_client(
+            self.cert_name, self.lab_dir / "peer-client.crt", self.path(f"/etc/nginx/{render.PEER_CLIENT_KEY_FILE}")
+        )
+        peer_ca_pem = self.peer_ca.root_path.read_text()
+        peer = render.PeerCertificates(ca_pem=peer_ca_pem, client_cert_pem=client.cert_path.read_text())
         files = render.nginx_files(
             self.config, self.pop, prefix=str(self.root), addresses=self._nginx_addresses(), peer=peer
         )
         for name, text in files.items():
             self._write(f"/etc/nginx/{name}", text, 0o644)
-        self._write(f"/etc/nginx/{render.PEER_CLIENT_KEY_FILE}", client.key_pem, 0o600)
         bundle = Path("/etc/ssl/certs/ca-certificates.crt")
         self._write(
             "/etc/ssl/certs/ca-certificates.crt",
-            bundle.read_text() if bundle.exists() else self.peer_ca.certificate_pem,
+            bundle.read_text() if bundle.exists() else peer_ca_pem,
             0o644,
         )
         for directory in ("/run", "/var/log/nginx", "/var/cache/nginx"):

@@ -7,7 +7,15 @@ from pathlib import Path
 import pulumi
 
 from components.stack import build_stack
-from plexcdn.config import NAMESPACE, TOP_LEVEL_KEYS, ConfigError, StackConfig, parse_config
+from plexcdn.config import (
+    HOME_SSH_KEY,
+    NAMESPACE,
+    TOP_LEVEL_KEYS,
+    ConfigError,
+    StackConfig,
+    needs_home_ssh_key,
+    parse_config,
+)
 from plexcdn.cost import estimate
 from plexcdn.regions import PRICES_AS_OF
 
@@ -30,7 +38,9 @@ def read_config() -> StackConfig:
 
 
 config = read_config()
-stack = build_stack(config, Path("build") / config.stack)
+# Read only when something at home is managed over SSH; a secret from here on.
+home_ssh_key = pulumi.Config(NAMESPACE).require_secret(HOME_SSH_KEY) if needs_home_ssh_key(config) else None
+stack = build_stack(config, Path("build") / config.stack, home_ssh_key)
 pulumi.export("sharedUrl", stack.shared_url)
 pulumi.export("plexCustomServerAccessUrl", stack.plex_custom_access_url)
 pulumi.export(
@@ -46,3 +56,17 @@ pulumi.export(
 )
 if stack.home_wireguard_config is not None:
     pulumi.export("homeWireguardConfig", stack.home_wireguard_config)
+if stack.agent_firewall_rules is not None:
+    pulumi.export("originAgentFirewallRules", stack.agent_firewall_rules)
+if stack.transcode is not None:
+    pulumi.export(
+        "transcode",
+        {
+            "slaves": {
+                name: {"kind": slave.kind, "address": slave.address, "publicIpv4": slave.public_ipv4}
+                for name, slave in stack.transcode.slaves.items()
+            },
+            "dispatchPublicKey": stack.transcode.dispatch_public_key,
+            "cloudSlavesMonthlyUsd": stack.transcode.monthly_cost_usd,
+        },
+    )

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pulumi
 import pulumi_command as command
-import pulumi_tls as tls
 
 from components.outputs import secret
+from components.pki import CertificateAuthority, IssuedCertificate, issue
 from components.vm import WORLD, FirewallRule, VmSpec, create_vm
 from plexcdn import render, topology
 from plexcdn.config import StackConfig
 
-PEER_CERT_VALIDITY_HOURS = 5 * 365 * 24
 SSH_DIAL_ATTEMPTS = 60  # a fresh VM needs a minute or more before its SSH answers
 SSH_DIAL_TIMEOUT_S = 15
 
@@ -29,8 +28,8 @@ class EdgePopArgs:
     certbot_secret_access_key: pulumi.Output[str]
     deploy_public_key: pulumi.Output[str]
     deploy_private_key: pulumi.Output[str]
-    peer_ca_cert_pem: pulumi.Output[str]
-    peer_ca_private_key_pem: pulumi.Output[str]
+    peer_ca: CertificateAuthority
+    origin_ca: CertificateAuthority | None  # with an origin agent: hubs get a client certificate from it
     upstream_address: pulumi.Output[str] | None  # the upstream POP's IPv4; None for a hub
     build_dir: Path  # where the nginx release is written for CopyToRemote, relative to the project
 
@@ -94,41 +93,33 @@ class EdgePop(pulumi.ComponentResource):
             per_dial_timeout=SSH_DIAL_TIMEOUT_S,
         )
 
-        client_cert_pem: pulumi.Output[str] = pulumi.Output.from_input(render.PLACEHOLDER_PEER_CLIENT_CERT)
-        client_key_pem: pulumi.Output[str] | None = None
-        if place.role == "edge":
-            client_key = tls.PrivateKey(f"{name}-peer-client-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-            request = tls.CertRequest(
-                f"{name}-peer-client-csr",
-                private_key_pem=client_key.private_key_pem,
-                subject=tls.CertRequestSubjectArgs(common_name=config.pop_name(args.pop), organization="plex-cdn"),
-                opts=child,
-            )
-            client_cert = tls.LocallySignedCert(
-                f"{name}-peer-client-cert",
-                cert_request_pem=request.cert_request_pem,
-                ca_cert_pem=args.peer_ca_cert_pem,
-                ca_private_key_pem=args.peer_ca_private_key_pem,
-                validity_period_hours=PEER_CERT_VALIDITY_HOURS,
-                early_renewal_hours=30 * 24,
-                allowed_uses=["digital_signature", "key_encipherment", "client_auth"],
-                opts=child,
-            )
-            client_cert_pem = client_cert.cert_pem
-            client_key_pem = secret(client_key.private_key_pem)
-
-        upstream_address = args.upstream_address or pulumi.Output.from_input("")
+        # The one client certificate this POP shows upstream: to its upstream POP, or to the origin agent.
+        upstream = render.upstream_of(config, args.pop, render.placeholder_addresses(config))
+        client: IssuedCertificate | None = None
+        if upstream.client_cert_file == render.PEER_CLIENT_CERT_FILE:
+            client = issue(f"{name}-peer-client", args.peer_ca, config.pop_name(args.pop), parent=self)
+        elif upstream.client_cert_file == render.ORIGIN_CLIENT_CERT_FILE:
+            if args.origin_ca is None:
+                raise ValueError(f"POP {args.pop}: the origin agent needs the stack's origin CA")
+            client = issue(f"{name}-origin-client", args.origin_ca, config.pop_name(args.pop), parent=self)
+        client_cert = client.cert_pem if client else pulumi.Output.from_input("")
+        origin_ca_pem = args.origin_ca.cert_pem if args.origin_ca else pulumi.Output.from_input("")
 
         def write(values: list[str]) -> tuple[str, str]:
-            address, ca_pem, cert_pem = values
+            address, peer_ca_pem, agent_ca_pem, client_cert_pem = values
             addresses = {place.pop.upstream: address} if address else None
-            files = render.nginx_files(
-                config, args.pop, addresses=addresses, peer=render.PeerCertificates(ca_pem, cert_pem)
+            certificates = render.PeerCertificates(
+                ca_pem=peer_ca_pem,
+                client_cert_pem=client_cert_pem or render.PLACEHOLDER_PEER_CLIENT_CERT,
+                origin_ca_pem=agent_ca_pem or render.PLACEHOLDER_ORIGIN_CA,
+                origin_client_cert_pem=client_cert_pem or render.PLACEHOLDER_ORIGIN_CLIENT_CERT,
             )
+            files = render.nginx_files(config, args.pop, addresses=addresses, peer=certificates)
             release_dir = render.write_release(files, args.build_dir / args.pop)
             return os.path.relpath(release_dir), render.deploy_nginx_script(config, args.pop, files)
 
-        release = pulumi.Output.all(upstream_address, args.peer_ca_cert_pem, client_cert_pem).apply(write)
+        upstream_address = args.upstream_address or pulumi.Output.from_input("")
+        release = pulumi.Output.all(upstream_address, args.peer_ca.cert_pem, origin_ca_pem, client_cert).apply(write)
         boot_wait = command.remote.Command(
             f"{name}-boot-wait",
             connection=self.connection,
@@ -146,7 +137,7 @@ class EdgePop(pulumi.ComponentResource):
             f"{name}-nginx-deploy",
             connection=self.connection,
             create=release.apply(lambda pair: pair[1]),
-            stdin=client_key_pem,
+            stdin=client.private_key_pem if client else None,
             logging=command.remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]),
         )

@@ -1,8 +1,9 @@
 """Wires the components of one stack into a single graph: keys, the certbot user, every POP with its
-DNS, and the origin link, in an order where each POP's upstream exists before it."""
+DNS, the origin link in an order where each POP's upstream exists before it, and transcode offload."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import pulumi_aws as aws
 from components.certbot_user import CertbotUser, CertbotUserArgs
 from components.edge_pop import EdgePop, EdgePopArgs
 from components.latency_dns import LatencyDns, LatencyDnsArgs
-from components.origin_link import OriginLink, OriginLinkArgs
+from components.origin_link import Hub, OriginLink, OriginLinkArgs
 from components.stack_keys import StackKeys, StackKeysArgs
-from plexcdn import topology
-from plexcdn.config import StackConfig
+from components.transcode import TranscodeSlave, TranscodeSlaveArgs
+from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
+from plexcdn import agent, topology
+from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, needs_home_ssh_key
 from plexcdn.cost import estimate
 
 
@@ -28,6 +31,20 @@ class PopOutputs:
 
 
 @dataclass(frozen=True)
+class TranscodeSlaveOutputs:
+    kind: str
+    address: str  # where the Plex server's dispatcher reaches it
+    public_ipv4: pulumi.Output[str] | None  # cloud slaves
+
+
+@dataclass(frozen=True)
+class TranscodeOutputs:
+    slaves: dict[str, TranscodeSlaveOutputs]
+    dispatch_public_key: pulumi.Output[str]
+    monthly_cost_usd: float  # the cloud slaves' VMs
+
+
+@dataclass(frozen=True)
 class StackOutputs:
     shared_url: str
     plex_custom_access_url: str
@@ -36,11 +53,26 @@ class StackOutputs:
     monthly_cost_usd: float
     home_wireguard_config: pulumi.Output[str] | None
     certbot_policy_json: pulumi.Output[str]
+    agent_firewall_rules: pulumi.Output[str] | None
+    transcode: TranscodeOutputs | None = None
 
 
-def build_stack(config: StackConfig, build_dir: Path) -> StackOutputs:
+def build_stack(
+    config: StackConfig,
+    build_dir: Path,
+    home_ssh_key: pulumi.Output[str] | None = None,
+) -> StackOutputs:
+    """The whole graph. `home_ssh_key` (a secret, plex-cdn:homeSshKey) logs in to the Plex server for the
+    origin agent and transcode offload, and to the host transcode slaves."""
+    if needs_home_ssh_key(config) and home_ssh_key is None:
+        raise ValueError(
+            f"{NAMESPACE}:{HOME_SSH_KEY} is needed: the SSH key for the machines the stack manages at home"
+        )
     zone_id = aws.route53.get_zone_output(name=config.domain, private_zone=False).zone_id
-    keys = StackKeys("keys", StackKeysArgs(stack=config.stack))
+    keys = StackKeys(
+        "keys",
+        StackKeysArgs(stack=config.stack, origin_agent_name=agent.tls_name(config) if config.origin.agent else None),
+    )
     certbot = CertbotUser(
         "certbot",
         CertbotUserArgs(stack=config.stack, zone_id=zone_id, certificate_names=config.all_certificate_names()),
@@ -59,8 +91,8 @@ def build_stack(config: StackConfig, build_dir: Path) -> StackOutputs:
                 certbot_secret_access_key=certbot.secret_access_key,
                 deploy_public_key=keys.deploy_public_key,
                 deploy_private_key=keys.deploy_private_key,
-                peer_ca_cert_pem=keys.peer_ca_cert_pem,
-                peer_ca_private_key_pem=keys.peer_ca_private_key_pem,
+                peer_ca=keys.peer_ca,
+                origin_ca=keys.origin_ca,
                 upstream_address=upstream.ipv4 if upstream is not None else None,
                 build_dir=build_dir,
             ),
@@ -80,30 +112,82 @@ def build_stack(config: StackConfig, build_dir: Path) -> StackOutputs:
         )
         outputs[name] = PopOutputs(config.pop_name(name), place.role, pop.ipv4, pop.ipv6)
 
-    allow_lists: list[pulumi.Output[list[str]]] = []
-    home_config: pulumi.Output[str] | None = None
-    for hub in topology.hubs(config):
-        link = OriginLink(
-            f"{hub.name}-origin",
-            OriginLinkArgs(
-                config=config,
-                hub=hub.name,
-                hub_ipv4=pops[hub.name].ipv4,
-                hub_ipv6=pops[hub.name].ipv6,
-                hub_connection=pops[hub.name].connection,
-                hub_ready=pops[hub.name].ready,
-            ),
-        )
-        allow_lists.append(link.allow_list)
-        home_config = link.home_wireguard_config or home_config
+    link = OriginLink(
+        "origin",
+        OriginLinkArgs(
+            config=config,
+            hubs=[
+                Hub(hub.name, pops[hub.name].ipv4, pops[hub.name].ipv6, pops[hub.name].connection, pops[hub.name].ready)
+                for hub in topology.hubs(config)
+            ],
+            agent_certificate=keys.agent_certificate,
+            origin_ca_pem=keys.origin_ca.cert_pem if keys.origin_ca else None,
+            origin_ssh_key=home_ssh_key,
+        ),
+    )
+    transcode = (
+        _build_transcode(config, keys, home_ssh_key)
+        if config.transcode is not None and home_ssh_key is not None
+        else None
+    )
     return StackOutputs(
         shared_url=config.shared_url,
         plex_custom_access_url=config.plex_custom_access_url,
         pops=outputs,
-        origin_allow_list=pulumi.Output.all(*allow_lists).apply(
-            lambda lists: sorted({ip for ips in lists for ip in ips})
-        ),
+        origin_allow_list=link.allow_list,
         monthly_cost_usd=estimate(config).total_usd,
-        home_wireguard_config=home_config,
+        home_wireguard_config=link.home_wireguard_config,
+        agent_firewall_rules=link.agent_firewall_rules,
         certbot_policy_json=certbot.policy_json,
+        transcode=transcode,
+    )
+
+
+def _build_transcode(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Output[str]) -> TranscodeOutputs:
+    """Slaves first, then the Plex server's side. Each needs something of the other: a slave's mounts need the
+    origin's exports and tunnel, which need the cloud slaves' addresses and keys; the origin's dispatcher needs
+    every slave set up. Deferred outputs carry the origin's half to the slaves, so every resource still waits
+    only for what it uses."""
+    assert config.transcode is not None
+    dispatch_public_key: pulumi.Output[str]
+    resolve_dispatch_key: Callable[[pulumi.Output[str]], None]
+    dispatch_public_key, resolve_dispatch_key = pulumi.deferred_output()
+    origin_wireguard_key: pulumi.Output[str]
+    resolve_wireguard_key: Callable[[pulumi.Output[str]], None]
+    origin_wireguard_key, resolve_wireguard_key = pulumi.deferred_output()
+    origin_ready: pulumi.Output[Sequence[pulumi.Resource]]
+    resolve_origin_ready: Callable[[pulumi.Output[Sequence[pulumi.Resource]]], None]
+    origin_ready, resolve_origin_ready = pulumi.deferred_output()
+    slaves = [
+        TranscodeSlave(
+            f"transcode-{slave.name}",
+            TranscodeSlaveArgs(
+                config=config,
+                slave=slave.name,
+                ssh_private_key=ssh_key,
+                deploy_public_key=keys.deploy_public_key,
+                deploy_private_key=keys.deploy_private_key,
+                dispatch_public_key=dispatch_public_key,
+                origin_wireguard_public_key=origin_wireguard_key,
+                origin_ready=origin_ready,
+            ),
+        )
+        for slave in config.transcode.slaves
+    ]
+    origin = TranscodeOrigin(
+        "transcode-origin",
+        TranscodeOriginArgs(config=config, ssh_private_key=ssh_key, slaves=[slave.endpoint for slave in slaves]),
+    )
+    resolve_dispatch_key(origin.dispatch_public_key)
+    resolve_wireguard_key(origin.wireguard_public_key)
+    resolve_origin_ready(origin.ready_for_mounts)
+    return TranscodeOutputs(
+        slaves={
+            slave.endpoint.name: TranscodeSlaveOutputs(
+                config.transcode.slave(slave.endpoint.name).kind, slave.address, slave.public_ipv4
+            )
+            for slave in slaves
+        },
+        dispatch_public_key=origin.dispatch_public_key,
+        monthly_cost_usd=config.transcode.cloud_monthly_usd,
     )

@@ -7,7 +7,9 @@ report every problem at once, each naming the setting and what would be valid.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +37,24 @@ TOP_LEVEL_KEYS: Final[dict[str, Literal["scalar", "object"]]] = {
     "admin": "object",
     "nginx": "object",
     "pops": "object",
+    "transcode": "object",
 }
+
+# Secret settings: read by __main__ with require_secret, never part of the parsed model. A stack file holds
+# them encrypted (`secure:`), so the offline CLI leaves them out instead of calling them unknown.
+# The SSH key `pulumi up` logs in to machines at home with (the Plex server, host transcode slaves).
+HOME_SSH_KEY: Final = "homeSshKey"
+SECRET_KEYS: Final = (HOME_SSH_KEY,)
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _POP_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+# Also a Linode label part: no "--", and it must end in a letter or digit.
+_SLAVE_NAME = re.compile(r"^[a-z](-?[a-z0-9])*$")
+_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# The plexmediaserver package version as dpkg prints it, e.g. 1.41.3.9314-a0bfb8370.
+_PLEX_VERSION = re.compile(r"^\d+\.\d+\.\d+\.\d+-[0-9a-f]{7,40}$")
+# Characters fstab, exports and shell quoting cannot all carry: control characters, quotes, backslashes.
+_PATH_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+\.)+[A-Za-z]{2,}$")
 _SSH_KEY = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
@@ -64,6 +80,17 @@ class AcmeConfig:
 
 
 @dataclass(frozen=True)
+class OriginAgent:
+    """nginx and TCP tuning on the Plex host itself, managed over SSH: the hub's hop ends on the host."""
+
+    listen_port: int
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+    apply_firewall: bool
+
+
+@dataclass(frozen=True)
 class OriginConfig:
     host: str
     port: int
@@ -72,6 +99,7 @@ class OriginConfig:
     tunnel_subnet: ipaddress.IPv4Network
     wireguard_port: int
     location: tuple[float, float] | None = None  # (latitude, longitude) of the Plex server, for advice
+    agent: OriginAgent | None = None
 
     @property
     def hub_tunnel_address(self) -> ipaddress.IPv4Address:
@@ -114,6 +142,119 @@ class PopConfig:
         return regions.size(self.provider, self.size)
 
 
+TRANSCODE_KINDS: Final = ("host", "cloud")
+# Directories a slave needs for itself: sharing the origin's copy over them would break the slave.
+SYSTEM_DIRS: Final = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/opt/plexcdn",
+    "/var/lib/plexcdn-transcode",
+)
+# The plex account's home on a slave: its .ssh/authorized_keys is where the origin's key may run the guard.
+PLEX_HOME: Final = "/var/lib/plexmediaserver"
+
+
+@dataclass(frozen=True)
+class TranscodeOriginAccess:
+    """How `pulumi up` reaches the Plex server over SSH (and where host slaves mount its files from)."""
+
+    host: str
+    port: int
+    user: str
+
+
+@dataclass(frozen=True)
+class TranscodeSlaveConfig:
+    name: str
+    kind: Literal["host", "cloud"]
+    host: str = ""  # kind host: its address on the home network
+    port: int = 22
+    user: str = "root"
+    provider: str = ""  # kind cloud
+    region: str = ""
+    size: str = ""
+
+    @property
+    def size_info(self) -> regions.Size:
+        return regions.size(self.provider, self.size)
+
+
+@dataclass(frozen=True)
+class TranscodeConfig:
+    origin: TranscodeOriginAccess
+    plex_version: str
+    plex_uid: int
+    plex_gid: int
+    app_data_dir: str
+    transcode_dir: str
+    media_paths: tuple[str, ...]
+    tunnel_subnet: ipaddress.IPv4Network | None
+    wireguard_port: int
+    slaves: tuple[TranscodeSlaveConfig, ...]
+
+    @property
+    def cloud_slaves(self) -> tuple[TranscodeSlaveConfig, ...]:
+        return tuple(slave for slave in self.slaves if slave.kind == "cloud")
+
+    @property
+    def host_slaves(self) -> tuple[TranscodeSlaveConfig, ...]:
+        return tuple(slave for slave in self.slaves if slave.kind == "host")
+
+    def slave(self, name: str) -> TranscodeSlaveConfig:
+        for slave in self.slaves:
+            if slave.name == name:
+                return slave
+        raise KeyError(name)
+
+    @property
+    def origin_tunnel_address(self) -> ipaddress.IPv4Address:
+        if self.tunnel_subnet is None:
+            raise ValueError("no transcode tunnel subnet: there are no cloud slaves")
+        return self.tunnel_subnet.network_address + 1
+
+    def tunnel_address(self, name: str) -> ipaddress.IPv4Address:
+        """A cloud slave's address in the tunnel: the origin has the first, the slaves follow in config order."""
+        names = [slave.name for slave in self.cloud_slaves]
+        if self.tunnel_subnet is None or name not in names:
+            raise KeyError(f"{name} is not a cloud slave")
+        return self.tunnel_subnet.network_address + 2 + names.index(name)
+
+    def slave_address(self, name: str) -> str:
+        """Where the origin reaches a slave, and the address its exports admit: the LAN address or the tunnel's."""
+        slave = self.slave(name)
+        return slave.host if slave.kind == "host" else str(self.tunnel_address(name))
+
+    def slave_ssh_port(self, name: str) -> int:
+        slave = self.slave(name)
+        return slave.port if slave.kind == "host" else 22
+
+    def origin_address_for(self, name: str) -> str:
+        """The origin as a slave reaches it for NFS: its SSH host for host slaves, its tunnel address for cloud ones."""
+        return self.origin.host if self.slave(name).kind == "host" else str(self.origin_tunnel_address)
+
+    @property
+    def shared_paths(self) -> tuple[tuple[str, str, bool], ...]:
+        """(setting, path, writable) for each directory the origin shares, in mount order."""
+        return (
+            ("transcode.appDataDir", self.app_data_dir, False),
+            ("transcode.transcodeDir", self.transcode_dir, True),
+            *((f"transcode.mediaPaths[{i}]", path, False) for i, path in enumerate(self.media_paths)),
+        )
+
+    @property
+    def cloud_monthly_usd(self) -> float:
+        return round(sum(slave.size_info.monthly_usd for slave in self.cloud_slaves), 2)
+
+
 @dataclass(frozen=True)
 class StackConfig:
     stack: str
@@ -125,6 +266,7 @@ class StackConfig:
     nginx: NginxSettings
     pops: tuple[PopConfig, ...]
     warnings: tuple[str, ...] = field(default=())
+    transcode: TranscodeConfig | None = None
 
     @property
     def shared_name(self) -> str:
@@ -251,7 +393,10 @@ def _check_host(value: str) -> str | None:
 
 def _parse_origin(problems: _Problems, raw: object) -> OriginConfig:
     reader = _Reader(
-        problems, "origin", raw, ("host", "port", "link", "verifyName", "tunnelSubnet", "wireguardPort", "location")
+        problems,
+        "origin",
+        raw,
+        ("host", "port", "link", "verifyName", "tunnelSubnet", "wireguardPort", "location", "agent"),
     )
     if raw is None:
         problems.add("origin", "is required (host, port and link of your Plex server)")
@@ -273,7 +418,30 @@ def _parse_origin(problems: _Problems, raw: object) -> OriginConfig:
         tunnel_subnet = ipaddress.IPv4Network("10.77.0.0/24")
     wireguard_port = reader.integer("wireguardPort", 51820, 1024, 65535)
     location = _parse_location(problems, reader.raw.get("location"))
-    return OriginConfig(host, port, link, verify_name, tunnel_subnet, wireguard_port, location)  # type: ignore[arg-type]
+    agent = _parse_agent(problems, reader.raw.get("agent"), host, port, link)
+    return OriginConfig(host, port, link, verify_name, tunnel_subnet, wireguard_port, location, agent)  # type: ignore[arg-type]
+
+
+def _parse_agent(problems: _Problems, raw: object, host: str, port: int, link: str) -> OriginAgent | None:
+    if raw is None:
+        return None
+    reader = _Reader(problems, "origin.agent", raw, ("listenPort", "sshHost", "sshPort", "sshUser", "applyFirewall"))
+    if link != "public":
+        problems.add(
+            "origin.agent",
+            "needs origin.link public: the agent is where the hub's TLS hop ends, on the Plex host itself; "
+            "with wireguard the tunnel already gives Plex a private hop",
+        )
+    listen_port = reader.integer("listenPort", 32443, 1, 65535)
+    if listen_port == port:
+        problems.add("origin.agent.listenPort", f"must differ from origin.port ({port}), where Plex itself listens")
+    return OriginAgent(
+        listen_port=listen_port,
+        ssh_host=reader.string("sshHost", host, check=_check_host),
+        ssh_port=reader.integer("sshPort", 22, 1, 65535),
+        ssh_user=reader.string("sshUser", "root"),
+        apply_firewall=reader.boolean("applyFirewall", False),
+    )
 
 
 def _parse_location(problems: _Problems, raw: object) -> tuple[float, float] | None:
@@ -449,6 +617,307 @@ def _check_topology(  # noqa: PLR0912 - one pass over the tree, one branch per r
             )
 
 
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _check_shared_path(value: str) -> str | None:
+    if not value.startswith("/") or value.startswith("//") or posixpath.normpath(value) != value:
+        return "must be an absolute path without '.', '..', '//' or a trailing '/', e.g. /srv/media"
+    if value == "/":
+        return "must not be / (the whole system)"
+    if _PATH_UNSAFE.search(value):
+        return "must not hold control characters, double quotes or backslashes (fstab and exports cannot carry them)"
+    for system in SYSTEM_DIRS:
+        if _inside(value, system) or _inside(system, value):
+            return f"overlaps {system}, which each slave needs for itself; share a directory of your own data"
+    if _inside(PLEX_HOME, value):
+        return (
+            f"holds {PLEX_HOME}, the plex account's home on the slaves (its .ssh is where the origin's key is "
+            "authorised); share a directory below it, such as the app data dir"
+        )
+    return None
+
+
+def _check_unix_user(value: str) -> str | None:
+    return None if _UNIX_USER.match(value) else "must be a user name such as root or admin"
+
+
+def _parse_transcode_origin(problems: _Problems, raw: object) -> TranscodeOriginAccess:
+    path = "transcode.origin"
+    reader = _Reader(problems, path, raw, ("host", "port", "user"))
+    if raw is None:
+        problems.add(path, "is required: host, port and user `pulumi up` logs in to the Plex server with over SSH")
+    return TranscodeOriginAccess(
+        host=reader.string("host", check=_check_host),
+        port=reader.integer("port", 22, 1, 65535),
+        user=reader.string("user", "root", check=_check_unix_user),
+    )
+
+
+_HOST_ONLY: Final = ("host", "port", "user")
+_CLOUD_ONLY: Final = ("provider", "region", "size")
+
+
+def _check_host_slave_address(value: str) -> str | None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return (
+            "must be the machine's IP address on your home network (NFS exports name each slave by address; "
+            "give it a fixed one, e.g. a DHCP reservation)"
+        )
+    if not address.is_private or address.is_loopback or address.is_link_local or address.is_unspecified:
+        return (
+            f"{value} is not an address on a home network: host slaves get Plex's files over unencrypted NFS; "
+            "use kind cloud for a machine elsewhere (it gets a WireGuard tunnel)"
+        )
+    return None
+
+
+def _parse_transcode_slave(problems: _Problems, index: int, raw: object) -> TranscodeSlaveConfig | None:
+    path = f"transcode.slaves[{index}]"
+    reader = _Reader(problems, path, raw, ("name", "kind", *_HOST_ONLY, *_CLOUD_ONLY))
+    if not reader.ok:
+        return None
+    name = reader.string(
+        "name",
+        check=lambda v: (
+            None
+            if _SLAVE_NAME.match(v) and len(v) <= 16
+            else "must be 1-16 lower-case letters, digits or single '-', starting with a letter and ending in a "
+            "letter or digit (it names the VM and the slave in the dispatcher's log)"
+        ),
+    )
+    kind = reader.choice("kind", TRANSCODE_KINDS)
+    if kind not in TRANSCODE_KINDS:
+        return None
+    unused = _CLOUD_ONLY if kind == "host" else _HOST_ONLY
+    for key in unused:
+        if key in reader.raw:
+            other = "cloud" if kind == "host" else "host"
+            problems.add(f"{path}.{key}", f"only slaves of kind {other} have a {key}; this one is kind {kind}")
+    if kind == "host":
+        return TranscodeSlaveConfig(
+            name,
+            "host",
+            host=reader.string("host", check=_check_host_slave_address),
+            port=reader.integer("port", 22, 1, 65535),
+            user=reader.string("user", "root", check=_check_unix_user),
+        )
+    provider = reader.choice("provider", sorted(regions.PROVIDERS))
+    region_slug = reader.string("region")
+    size_slug = reader.string("size")
+    table = regions.PROVIDERS.get(provider)
+    if table is not None:
+        if region_slug and region_slug not in table.regions:
+            problems.add(
+                f"{path}.region", f"{region_slug!r} is not a {provider} region; use {_one_of(sorted(table.regions))}"
+            )
+        if size_slug and size_slug not in table.sizes:
+            problems.add(
+                f"{path}.size",
+                f"{size_slug!r} is not a {provider} size this program knows; use {_one_of(list(table.sizes))}",
+            )
+    return TranscodeSlaveConfig(name, "cloud", provider=provider, region=region_slug, size=size_slug)
+
+
+def _parse_plex_id(problems: _Problems, reader: _Reader, key: str, what: str) -> int:
+    value = reader.raw.get(key)
+    if value is None:
+        problems.add(f"transcode.{key}", f"is required: the plex account's {what} on the Plex server (`id plex`)")
+        return 0
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
+        problems.add(
+            f"transcode.{key}",
+            f"must be the plex account's {what} on the Plex server (`id plex`), a whole number from 1, got {value!r}",
+        )
+        return 0
+    return value
+
+
+def _parse_tunnel_subnet(problems: _Problems, reader: _Reader) -> ipaddress.IPv4Network | None:
+    text = reader.optional_string("tunnelSubnet")
+    if text is None:
+        return None
+    try:
+        subnet = ipaddress.IPv4Network(text)
+    except ValueError:
+        problems.add("transcode.tunnelSubnet", f"{text!r} is not an IPv4 network such as 10.78.0.0/24")
+        return None
+    if not subnet.is_private or subnet.num_addresses < 4:
+        problems.add(
+            "transcode.tunnelSubnet", "must be a private IPv4 network of at least 4 addresses, e.g. 10.78.0.0/24"
+        )
+        return None
+    return subnet
+
+
+def _check_transcode_paths(problems: _Problems, transcode: TranscodeConfig) -> None:
+    # Paths already reported as invalid would only repeat themselves here.
+    shared = [item for item in transcode.shared_paths if item[1] and _check_shared_path(item[1]) is None]
+    for later in range(len(shared)):
+        setting, path, _ = shared[later]
+        for earlier in range(later):
+            other_setting, other, _ = shared[earlier]
+            if _inside(path, other) or _inside(other, path):
+                hint = ""
+                if setting == "transcode.transcodeDir" and _inside(path, other):
+                    hint = (
+                        "; Plex's default transcode directory is inside its app data: set Settings > Transcoder > "
+                        "Transcoder temporary directory to a directory of its own and name it here"
+                    )
+                problems.add(
+                    setting,
+                    f"{path} overlaps {other_setting} ({other}): each shared directory is mounted on its own, so "
+                    f"none may hold another{hint}",
+                )
+                break
+
+
+def _check_slave_names_and_hosts(problems: _Problems, transcode: TranscodeConfig) -> None:
+    seen: dict[str, int] = {}
+    hosts: dict[str, int] = {}
+    for index, slave in enumerate(transcode.slaves):
+        path = f"transcode.slaves[{index}]"
+        if slave.name in seen:
+            problems.add(f"{path}.name", f"{slave.name!r} is used by slaves[{seen[slave.name]}]; names must be unique")
+        seen.setdefault(slave.name, index)
+        if slave.kind != "host" or not slave.host:
+            continue
+        if slave.host == transcode.origin.host:
+            problems.add(f"{path}.host", f"{slave.host} is transcode.origin.host, the Plex server itself")
+        elif slave.host in hosts:
+            problems.add(f"{path}.host", f"{slave.host} is also slaves[{hosts[slave.host]}]; one slave per machine")
+        hosts.setdefault(slave.host, index)
+
+
+def _check_tunnel_subnet(
+    problems: _Problems, transcode: TranscodeConfig, origin: OriginConfig, subnet_given: bool
+) -> None:
+    subnet = transcode.tunnel_subnet
+    cloud = transcode.cloud_slaves
+    if not cloud:
+        return
+    if subnet is None:
+        if not subnet_given:  # a given but invalid subnet is reported where it is parsed
+            problems.add(
+                "transcode.tunnelSubnet",
+                f"is required when a slave is of kind cloud ({', '.join(s.name for s in cloud)}): a private network "
+                "for the WireGuard tunnels from the Plex server, e.g. 10.78.0.0/24",
+            )
+        return
+    if subnet.num_addresses - 2 < len(cloud) + 1:
+        problems.add(
+            "transcode.tunnelSubnet",
+            f"{subnet} has room for {subnet.num_addresses - 3} cloud slaves besides the Plex server, "
+            f"but {len(cloud)} are configured; use a larger network such as /24",
+        )
+    if subnet.overlaps(origin.tunnel_subnet):
+        problems.add(
+            "transcode.tunnelSubnet",
+            f"{subnet} overlaps origin.tunnelSubnet ({origin.tunnel_subnet}); the Plex server may carry both tunnels, "
+            "so pick another private network",
+        )
+    inside = [
+        (f"transcode.slaves[{index}].host", slave.host)
+        for index, slave in enumerate(transcode.slaves)
+        if slave.kind == "host" and slave.host
+    ]
+    inside.append(("transcode.origin.host", transcode.origin.host))
+    for setting, host in inside:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if address in subnet:
+            problems.add(
+                setting,
+                f"{host} lies inside transcode.tunnelSubnet ({subnet}); pick a tunnel network your LAN does not use",
+            )
+
+
+def _parse_transcode(problems: _Problems, raw: object, origin: OriginConfig) -> TranscodeConfig | None:
+    if raw is None:
+        return None
+    reader = _Reader(
+        problems,
+        "transcode",
+        raw,
+        (
+            "origin",
+            "plexVersion",
+            "plexUid",
+            "plexGid",
+            "appDataDir",
+            "transcodeDir",
+            "mediaPaths",
+            "tunnelSubnet",
+            "wireguardPort",
+            "slaves",
+        ),
+    )
+    if not reader.ok:
+        return None
+    version = reader.string(
+        "plexVersion",
+        check=lambda v: (
+            None
+            if _PLEX_VERSION.match(v)
+            else "must be the plexmediaserver version exactly as the Plex server's package manager shows it "
+            "(`dpkg-query -W -f='${Version}' plexmediaserver`), e.g. 1.41.3.9314-a0bfb8370"
+        ),
+    )
+    uid = _parse_plex_id(problems, reader, "plexUid", "user id")
+    gid = _parse_plex_id(problems, reader, "plexGid", "group id")
+    app_data = reader.string(
+        "appDataDir", "/var/lib/plexmediaserver/Library/Application Support/Plex Media Server", _check_shared_path
+    )
+    transcode_dir = reader.string("transcodeDir", check=_check_shared_path)
+    raw_media = reader.raw.get("mediaPaths")
+    media: list[str] = []
+    if not isinstance(raw_media, list) or not raw_media:
+        problems.add("transcode.mediaPaths", "must be a non-empty list of the directories your Plex libraries use")
+    else:
+        for index, value in enumerate(raw_media):
+            setting = f"transcode.mediaPaths[{index}]"
+            if not isinstance(value, str) or not value.strip():
+                problems.add(setting, f"must be a directory path, got {value!r}")
+                continue
+            if (message := _check_shared_path(value.strip())) is not None:
+                problems.add(setting, message)
+            media.append(value.strip())
+    raw_slaves = reader.raw.get("slaves")
+    slaves: list[TranscodeSlaveConfig] = []
+    if not isinstance(raw_slaves, list) or not raw_slaves:
+        problems.add(
+            "transcode.slaves", "must be a non-empty list of slaves (name and kind host or cloud, with their settings)"
+        )
+    else:
+        for index, raw_slave in enumerate(raw_slaves):
+            slave = _parse_transcode_slave(problems, index, raw_slave)
+            if slave is not None:
+                slaves.append(slave)
+    transcode = TranscodeConfig(
+        origin=_parse_transcode_origin(problems, reader.raw.get("origin")),
+        plex_version=version,
+        plex_uid=uid,
+        plex_gid=gid,
+        app_data_dir=app_data,
+        transcode_dir=transcode_dir,
+        media_paths=tuple(media),
+        tunnel_subnet=_parse_tunnel_subnet(problems, reader),
+        wireguard_port=reader.integer("wireguardPort", 51820, 1024, 65535),
+        slaves=tuple(slaves),
+    )
+    _check_transcode_paths(problems, transcode)
+    _check_slave_names_and_hosts(problems, transcode)
+    _check_tunnel_subnet(problems, transcode, origin, reader.raw.get("tunnelSubnet") is not None)
+    return transcode
+
+
 def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
     """Build the typed configuration from the `plex-cdn:` settings (namespace stripped); raise ConfigError."""
     problems = _Problems()
@@ -476,16 +945,17 @@ def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
     else:
         pops = [_parse_pop(problems, index, raw) for index, raw in enumerate(raw_pops)]
         _check_topology(problems, pops, origin)
+    transcode = _parse_transcode(problems, values.get("transcode"), origin)
     if problems.items:
         raise ConfigError(problems.items)
     warnings = _hub_distance_warnings(origin, pops)
-    if origin.link == "public" and origin.verify_name is None:
+    if origin.link == "public" and origin.verify_name is None and origin.agent is None:
         warnings.append(
             "origin.verifyName is not set: the hub's hop to the Plex server is encrypted but not verified; "
             "set it to the name on the server's certificate (Settings > Network shows the *.plex.direct name), "
             "or use link wireguard"
         )
-    return StackConfig(stack, domain, shared_label, acme, origin, admin, nginx, tuple(pops), tuple(warnings))
+    return StackConfig(stack, domain, shared_label, acme, origin, admin, nginx, tuple(pops), tuple(warnings), transcode)
 
 
 def stack_name_from_path(path: Path) -> str:
@@ -493,8 +963,7 @@ def stack_name_from_path(path: Path) -> str:
     return match.group(1) if match else path.stem
 
 
-def read_stack_file(path: Path) -> dict[str, object]:
-    """The `plex-cdn:` settings of a stack file, namespace stripped; other namespaces (provider tokens) are left out."""
+def _stack_file_settings(path: Path) -> dict[str, object]:
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as error:
@@ -510,5 +979,27 @@ def read_stack_file(path: Path) -> dict[str, object]:
     }
 
 
+def read_stack_file(path: Path) -> dict[str, object]:
+    """The `plex-cdn:` settings of a stack file, namespace stripped; other namespaces (provider tokens) and the
+    encrypted secrets are left out."""
+    return {key: value for key, value in _stack_file_settings(path).items() if key not in SECRET_KEYS}
+
+
+def needs_home_ssh_key(config: StackConfig) -> bool:
+    """The origin agent and transcode offload both change machines at home over SSH."""
+    return config.origin.agent is not None or config.transcode is not None
+
+
 def load_stack_file(path: Path) -> StackConfig:
-    return parse_config(read_stack_file(path), stack_name_from_path(path))
+    settings = _stack_file_settings(path)
+    config = parse_config(
+        {key: value for key, value in settings.items() if key not in SECRET_KEYS}, stack_name_from_path(path)
+    )
+    if needs_home_ssh_key(config) and HOME_SSH_KEY not in settings:
+        warning = (
+            f"{NAMESPACE}:{HOME_SSH_KEY} is not set: `pulumi up` needs the SSH key it logs in to the Plex server "
+            f"(and any host slaves) with; set it with `pulumi config set --secret {NAMESPACE}:{HOME_SSH_KEY} "
+            "< ~/.ssh/id_ed25519`"
+        )
+        config = dataclasses.replace(config, warnings=(*config.warnings, warning))
+    return config

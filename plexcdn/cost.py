@@ -18,8 +18,12 @@ class CostEstimate:
 
 
 def estimate(config: StackConfig) -> CostEstimate:
-    """VMs and health checks; DNS queries and transfer beyond each VM's allowance are usage, not included."""
-    vms = {pop.name: pop.size_info.monthly_usd for pop in config.pops}
+    """VMs (POPs and cloud transcode slaves) and health checks; DNS queries and transfer beyond each VM's
+    allowance are usage, not included."""
+    sizes = {pop.name: pop.size_info for pop in config.pops}
+    if config.transcode is not None:
+        sizes.update({f"transcode-{slave.name}": slave.size_info for slave in config.transcode.cloud_slaves})
+    vms = {name: size.monthly_usd for name, size in sizes.items()}
     health = regions.ROUTE53_HEALTH_CHECK_USD * len(config.pops)
-    transfer = sum(pop.size_info.transfer_tb for pop in config.pops)
+    transfer = sum(size.transfer_tb for size in sizes.values())
     return CostEstimate(vms, health, round(sum(vms.values()) + health, 2), regions.PRICES_AS_OF, transfer)

@@ -228,8 +228,17 @@ def validate_ssh_not_open_to_world(args: ResourceValidationArgs, report_violatio
 _VM_SIZES: Final = {DROPLET: ("digitalocean", "size", "size"), LINODE_INSTANCE: ("linode", "type", "type")}
 
 
+# Transcode slaves are VMs of their own kind: no certificates, and sizes chosen for CPU, not for relaying.
+TRANSCODE_SLAVE_TAG: Final = "plex-cdn-transcode"
+
+
+def is_pop_vm(resource_type: str, props: Mapping[str, Any]) -> bool:
+    tags = props.get("tags") or []
+    return resource_type in _VM_SIZES and TRANSCODE_SLAVE_TAG not in tags
+
+
 def cost_problem(resource_type: str, props: Mapping[str, Any], price_lookup: PriceLookup, ceiling: float) -> str | None:
-    if resource_type not in _VM_SIZES:
+    if not is_pop_vm(resource_type, props):
         return None
     provider, prop, setting = _VM_SIZES[resource_type]
     size = props.get(prop)
@@ -325,6 +334,8 @@ def acme_problems(
     other = "staging" if expected == "production" else "production"
     problems: list[str] = []
     unreadable: list[str] = []
+    if not is_pop_vm(resource_type, props):
+        return problems, unreadable
     for setting, text in user_data_texts(resource_type, props):
         if isinstance(text, Unknown):
             unreadable.append(

@@ -13,6 +13,8 @@ import pulumi
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from pulumi.runtime.mocks import MockMonitor
 
+from plexcdn.transcode.render import HOST_KEY_PREFIX
+
 SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 
@@ -87,6 +89,10 @@ class ProgramMocks(pulumi.runtime.Mocks):
             return "AKIAMOCK" + _fake_value(args.name, 6).hex().upper(), outputs
         if typ == "aws:iam/user:User":
             outputs["arn"] = f"arn:aws:iam::123456789012:user/plex-cdn/{args.inputs.get('name')}"
+        if typ == "command:remote:Command" and HOST_KEY_PREFIX in str(args.inputs.get("create", "")):
+            # A transcode slave's set-up ends with its SSH host key, which the Plex server's known_hosts gets.
+            host_key = "ssh-ed25519 " + base64.b64encode(_fake_value(f"host-{args.name}")).decode()
+            outputs.update(stdout=f"set-up done\n{HOST_KEY_PREFIX}{host_key}", stderr="")
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:

@@ -632,3 +632,13 @@ def test_the_pack_starts_and_answers_the_engine_over_grpc(running_pack: int) -> 
         response = stub.Analyze(analyze_request(policies.LINODE_FIREWALL, "asia-firewall", wire), timeout=30)
         assert [d.policyName for d in response.diagnostics] == ["ssh-not-open-to-the-world"]
         assert 'linode Firewall "asia-firewall": inbounds[0].ipv6s' in response.diagnostics[0].message
+
+
+def test_pop_rules_leave_transcode_slaves_alone() -> None:
+    slave = {"size": "c-4", "tags": ["plex-cdn", "plex-cdn-dev", "plex-cdn-transcode"], "userData": "#cloud-config\n"}
+    pop = {**slave, "tags": ["plex-cdn", "plex-cdn-dev", "plex-cdn-hub"]}
+    lookup = policies.regions_price_lookup()
+    assert policies.cost_problem(policies.DROPLET, slave, lookup, 24) is None
+    assert policies.cost_problem(policies.DROPLET, pop, lookup, 24) is not None
+    assert policies.acme_problems(policies.DROPLET, slave, "dev", ["prod"]) == ([], [])
+    assert policies.acme_problems(policies.DROPLET, pop, "dev", ["prod"])[0]

@@ -15,7 +15,9 @@ from tests.conftest import config_from, example_values, five_pop_values, wiregua
 from tests.pulumi_harness import RecordingMonitor, install_mocks
 
 
-def build(config: StackConfig, build_dir: Path) -> tuple[RecordingMonitor, dict[str, Any]]:
+def build(
+    config: StackConfig, build_dir: Path, home_ssh_key: str | None = None
+) -> tuple[RecordingMonitor, dict[str, Any]]:
     """Run the program's graph for `config` and return what the engine saw plus resolved stack outputs."""
     _, monitor = install_mocks(config.stack)
     resolved: dict[str, Any] = {}
@@ -24,7 +26,8 @@ def build(config: StackConfig, build_dir: Path) -> tuple[RecordingMonitor, dict[
     def program() -> pulumi.Output[Any]:
         from components.stack import build_stack
 
-        outputs = build_stack(config, build_dir)
+        key = pulumi.Output.secret(home_ssh_key) if home_ssh_key is not None else None
+        outputs = build_stack(config, build_dir, key)
         pops = {name: pulumi.Output.all(p.ipv4, p.ipv6) for name, p in outputs.pops.items()}
         home_config = outputs.home_wireguard_config
         home_secret: pulumi.Output[bool | None] = pulumi.Output.from_input(
@@ -33,7 +36,11 @@ def build(config: StackConfig, build_dir: Path) -> tuple[RecordingMonitor, dict[
 
         def keep(values: list[Any]) -> None:
             resolved.update(
-                allow_list=values[0], policy=json.loads(values[1]), pops=values[2], home_config_secret=values[3]
+                allow_list=values[0],
+                policy=json.loads(values[1]),
+                pops=values[2],
+                home_config_secret=values[3],
+                agent_firewall=values[4],
             )
 
         return pulumi.Output.all(
@@ -41,6 +48,7 @@ def build(config: StackConfig, build_dir: Path) -> tuple[RecordingMonitor, dict[
             outputs.certbot_policy_json,
             pulumi.Output.all(**pops),
             home_secret,
+            outputs.agent_firewall_rules if outputs.agent_firewall_rules is not None else None,
         ).apply(keep)
 
     program()
@@ -228,7 +236,7 @@ def test_five_pop_tree(tmp_path: Path) -> None:
     config = config_from(five_pop_values())
     monitor, resolved = build(config, tmp_path)
     assert len(monitor.of_type("plex-cdn:edge_pop:EdgePop")) == 5
-    assert len(monitor.of_type("plex-cdn:origin_link:OriginLink")) == 2
+    assert len(monitor.of_type("plex-cdn:origin_link:OriginLink")) == 1
     assert len(monitor.of_type("aws:route53/healthCheck:HealthCheck")) == 5
     assert len(monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")) == 3  # one per edge
     regions = {
@@ -268,7 +276,7 @@ def _rules(registration: Any) -> list[dict[str, Any]]:
 def test_wireguard_link_keeps_keys_secret_and_outputs_the_home_config(tmp_path: Path) -> None:
     config = config_from(wireguard_values())
     monitor, resolved = build(config, tmp_path)
-    tunnel = monitor.named("us-origin-hub-tunnel")
+    tunnel = monitor.named("origin-hub-tunnel")
     assert "stdin" in tunnel.secret_inputs
     assert tunnel.inputs["logging"] == "none"
     assert resolved["home_config_secret"] is True
@@ -277,3 +285,38 @@ def test_wireguard_link_keeps_keys_secret_and_outputs_the_home_config(tmp_path: 
     assert firewall[str(config.origin.wireguard_port)]["protocol"] == "udp"
     for key in monitor.of_type("random:index/randomBytes:RandomBytes"):
         assert key.parent_type == "plex-cdn:origin_link:OriginLink"
+
+
+def agent_values() -> dict[str, Any]:
+    values = example_values()
+    values["origin"]["agent"] = {"listenPort": 32443, "sshHost": "192.168.1.10"}
+    return values
+
+
+def test_origin_agent_is_installed_over_ssh_with_its_key_on_stdin(tmp_path: Path) -> None:
+    config = config_from(agent_values())
+    monitor, resolved = build(config, tmp_path, home_ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nhome\n")
+    command = monitor.named("origin-agent")
+    assert command.parent_type == "plex-cdn:origin_link:OriginLink"
+    assert "stdin" in command.secret_inputs and "connection" in command.secret_inputs
+    assert command.inputs["connection"]["value"]["host"] == "192.168.1.10"
+    assert "nginx -t" in command.inputs["create"] and "agent removed" in command.inputs["delete"]
+    assert "PRIVATE KEY" not in command.inputs["create"]
+    hub_addresses = sorted(resolved["pops"]["us"])
+    assert resolved["allow_list"] == hub_addresses
+    ipv4, ipv6 = hub_addresses
+    assert f"ip saddr {{ {ipv4} }} accept" in resolved["agent_firewall"]
+    assert f"ip6 saddr {{ {ipv6} }} accept" in resolved["agent_firewall"]
+    assert "dport 32443 drop" in resolved["agent_firewall"]
+    # The hub verifies the agent by the stack's origin CA and shows a client certificate from it.
+    assert len(monitor.of_type("tls:index/selfSignedCert:SelfSignedCert")) == 2
+    assert monitor.named("us-origin-client-cert").parent_type == "plex-cdn:edge_pop:EdgePop"
+    assert "stdin" in monitor.named("us-nginx-deploy").secret_inputs
+    release = monitor.named("us-nginx-deploy").inputs["create"].split("release-")[1].split('"')[0]
+    release_dir = tmp_path / "us" / f"release-{release}"
+    assert "-----BEGIN CERTIFICATE-----\nmock-keys-origin-ca" in (release_dir / render.ORIGIN_CA_FILE).read_text()
+    proxy = (release_dir / "plexcdn-proxy.conf").read_text()
+    assert f"proxy_ssl_certificate {render.ORIGIN_CLIENT_CERT_FILE};" in proxy
+    assert f"proxy_ssl_trusted_certificate {render.ORIGIN_CA_FILE};" in proxy
+    upstream = (release_dir / "plexcdn-upstream.conf").read_text()
+    assert f"server {config.origin.host}:32443;" in upstream

@@ -1,0 +1,81 @@
+"""Certificate authorities the stack keeps for itself, and the certificates they sign.
+
+The peer CA signs each edge's client certificate for its upstream POP; the origin CA (with an origin
+agent) signs the agent's server certificate and each hub's client certificate for it. Private keys
+are Pulumi secrets from the moment they exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_tls as tls
+
+from components.outputs import secret
+
+CA_VALIDITY_HOURS = 10 * 365 * 24
+LEAF_VALIDITY_HOURS = 5 * 365 * 24
+LEAF_EARLY_RENEWAL_HOURS = 30 * 24
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    cert_pem: pulumi.Output[str]
+    private_key_pem: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    cert_pem: pulumi.Output[str]
+    private_key_pem: pulumi.Output[str]
+
+
+def create_ca(name: str, common_name: str, parent: pulumi.Resource) -> CertificateAuthority:
+    child = pulumi.ResourceOptions(parent=parent)
+    key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+    cert = tls.SelfSignedCert(
+        name,
+        private_key_pem=key.private_key_pem,
+        is_ca_certificate=True,
+        # Leaves only: nginx checks these chains one level deep.
+        max_path_length=0,
+        validity_period_hours=CA_VALIDITY_HOURS,
+        allowed_uses=["cert_signing", "crl_signing"],
+        subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization="plex-cdn"),
+        opts=child,
+    )
+    return CertificateAuthority(cert.cert_pem, secret(key.private_key_pem))
+
+
+def issue(
+    name: str,
+    authority: CertificateAuthority,
+    common_name: str,
+    *,
+    server_names: Sequence[str] = (),
+    parent: pulumi.Resource,
+) -> IssuedCertificate:
+    """A leaf from `authority`: a server certificate for `server_names`, or a client certificate without them."""
+    child = pulumi.ResourceOptions(parent=parent)
+    key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+    request = tls.CertRequest(
+        f"{name}-csr",
+        private_key_pem=key.private_key_pem,
+        dns_names=list(server_names) or None,
+        subject=tls.CertRequestSubjectArgs(common_name=common_name, organization="plex-cdn"),
+        opts=child,
+    )
+    usage = "server_auth" if server_names else "client_auth"
+    cert = tls.LocallySignedCert(
+        f"{name}-cert",
+        cert_request_pem=request.cert_request_pem,
+        ca_cert_pem=authority.cert_pem,
+        ca_private_key_pem=authority.private_key_pem,
+        validity_period_hours=LEAF_VALIDITY_HOURS,
+        early_renewal_hours=LEAF_EARLY_RENEWAL_HOURS,
+        allowed_uses=["digital_signature", "key_encipherment", usage],
+        opts=child,
+    )
+    return IssuedCertificate(cert.cert_pem, secret(key.private_key_pem))

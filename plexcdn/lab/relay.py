@@ -2,8 +2,9 @@
 
 Each POP gets a network namespace running real nginx on its rendered config, unchanged except for the
 path prefix; a `client` namespace plays the viewer and an `origin` namespace runs a Plex-like server.
-Namespaces are joined along the topology by veth pairs with addresses from 198.18.0.0/20, nothing has
-a default route, and every name resolves through the namespace's own /etc/hosts.
+Namespaces are joined along the topology by veth pairs (or whatever `build(link=...)` is given: the WAN
+benchmark passes emulated links) with addresses from 198.18.0.0/20, nothing has a default route, and
+every name resolves through the namespace's own /etc/hosts.
 
 `python -m plexcdn lab up STACK_FILE` builds it and prints one JSON line; `python -m plexcdn lab down`
 removes it. Tests use `relay_lab()` as a context manager.
@@ -19,11 +20,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plexcdn import render, topology
+from plexcdn import agent, render, topology
 from plexcdn.config import StackConfig, load_stack_file
 from plexcdn.lab import origin as lab_origin
 from plexcdn.lab.ca import LabCA
@@ -35,6 +36,14 @@ STATE_DIR = Path("/run/plexcdn-lab")
 ORIGIN_TLS_NAME_FALLBACK = "origin.lab.plex-cdn"
 MEDIA_PATH = lab_origin.MEDIA_PATH
 DEFAULT_MEDIA_MB = 200
+
+# Joins two of the lab's namespaces over a subnet and returns (first role's address, second role's address).
+LinkMaker = Callable[[Lab, str, str, str], tuple[str, str]]
+
+
+def veth_link(lab: Lab, a_role: str, b_role: str, subnet: str) -> tuple[str, str]:
+    veth = lab.link(a_role, b_role, subnet)
+    return str(veth.a_addr), str(veth.b_addr)
 
 
 @dataclass
@@ -51,6 +60,15 @@ class RelayLab:
     media_file: Path = Path()
     headers_log: Path = Path()
     origin_port: int = 32400
+    origin_ca: LabCA | None = None  # with an origin agent: the stack's origin CA
+
+    @property
+    def origin_dir(self) -> Path:
+        return self.root / "origin"
+
+    @property
+    def agent_conf(self) -> Path:
+        return self.origin_dir / "etc" / "nginx" / "nginx.conf"
 
     def pop_dir(self, pop: str) -> Path:
         return self.root / "pops" / pop
@@ -83,10 +101,13 @@ class RelayLab:
         addresses = {}
         if place.role == "edge":
             addresses[place.pop.upstream] = self.addresses[(pop, place.pop.upstream)][1]
-        client_cert = self.pop_dir(pop) / "peer-client.crt"
+        client_cert = self.pop_dir(pop) / "client.crt"
+        client_pem = client_cert.read_text() if client_cert.exists() else ""
         peer = render.PeerCertificates(
             ca_pem=self.peer_ca.root_path.read_text(),
-            client_cert_pem=client_cert.read_text() if client_cert.exists() else render.PLACEHOLDER_PEER_CLIENT_CERT,
+            client_cert_pem=client_pem or render.PLACEHOLDER_PEER_CLIENT_CERT,
+            origin_ca_pem=self.origin_ca.root_path.read_text() if self.origin_ca else render.PLACEHOLDER_ORIGIN_CA,
+            origin_client_cert_pem=client_pem or render.PLACEHOLDER_ORIGIN_CLIENT_CERT,
         )
         conf_dir = self.conf(pop).parent
         conf_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +152,10 @@ def _links(config: StackConfig) -> list[tuple[str, str]]:
     return [("client", deepest), *hops]
 
 
-def build(config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MEDIA_MB) -> RelayLab:
+def build(
+    config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MEDIA_MB, link: LinkMaker = veth_link
+) -> RelayLab:
+    """Build the lab in `lab`; `link` joins each hop (a veth pair unless a benchmark emulates a WAN)."""
     if config.origin.link != "public":
         raise LabError("the relay lab runs the public origin link; set origin.link: public in the stack it is given")
     root.mkdir(parents=True, exist_ok=True)
@@ -139,6 +163,8 @@ def build(config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MED
     # The stack's peer CA signs client certificates directly: the peer port verifies one level deep.
     peer_ca = LabCA.create(root / "peer-ca", "plex-cdn relay lab peer", intermediate=False)
     relay = RelayLab(config, lab, root, ca, peer_ca)
+    if config.origin.agent is not None:
+        relay.origin_ca = LabCA.create(root / "origin-ca", "plex-cdn relay lab origin", intermediate=False)
     relay.origin_port = config.origin.port
     subnets = LAB_NETWORK.subnets(new_prefix=30)
     links = _links(config)
@@ -146,8 +172,7 @@ def build(config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MED
     for role in ("client", "origin", *(pop.name for pop in config.pops)):
         lab.add_namespace(role)
     for downstream, upstream in links:
-        veth = lab.link(downstream, upstream, str(next(subnets)))
-        relay.addresses[(downstream, upstream)] = (str(veth.a_addr), str(veth.b_addr))
+        relay.addresses[(downstream, upstream)] = link(lab, downstream, upstream, str(next(subnets)))
 
     # Names: the viewer finds the shared name and the POP names at its POP; hubs find the Plex server.
     viewer_address = relay.addresses[("client", relay.viewer_pop)][1]
@@ -160,8 +185,20 @@ def build(config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MED
             hosts[config.origin.host] = relay.addresses[(pop.name, "origin")][1]
         lab.write_hosts(pop.name, hosts)
 
-    # Certificates where the rendered config expects them: Let's Encrypt's layout for each POP's names,
-    # the lab CA in the POPs' trust bundle, and peer client certificates for edges.
+    _install_certificates(relay)
+    _start_origin(relay, media_mb)
+    for place in topology.places(config):
+        test = relay.nginx(place.pop.name, "-t")
+        if test.returncode != 0:
+            raise LabError(f"nginx -t rejected POP {place.pop.name}'s rendered config: {test.stderr}")
+        relay.start_nginx(place.pop.name)
+    return relay
+
+
+def _install_certificates(relay: RelayLab) -> None:
+    """Certificates where the rendered config expects them: Let's Encrypt's layout for each POP's names,
+    the lab CA in the POPs' trust bundle, and each POP's client certificate for its upstream hop."""
+    config, ca, peer_ca = relay.config, relay.ca, relay.peer_ca
     for place in topology.places(config):
         name = place.pop.name
         base = relay.pop_dir(name)
@@ -169,19 +206,33 @@ def build(config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MED
             (base / directory).mkdir(parents=True, exist_ok=True)
         ca.issue(config.certificate_names(name), base / "etc" / "letsencrypt", config.pop_name(name))
         shutil.copyfile(ca.bundle_path, base / "etc" / "ssl" / "certs" / "ca-certificates.crt")
-        if place.role == "edge":
-            key_path = relay.conf(name).parent / render.PEER_CLIENT_KEY_FILE
-            peer_ca.issue_client(config.pop_name(name), base / "peer-client.crt", key_path)
+        upstream = render.upstream_of(config, name, render.placeholder_addresses(config))
+        if upstream.client_key_file:
+            # The one client certificate this POP shows upstream, from the CA that hop trusts.
+            authority = peer_ca if upstream.client_key_file == render.PEER_CLIENT_KEY_FILE else relay.origin_ca
+            assert authority is not None
+            key_path = relay.conf(name).parent / upstream.client_key_file
+            authority.issue_client(config.pop_name(name), base / "client.crt", key_path)
         relay.render_pop(name)
 
-    origin_dir = root / "origin"
+
+def _start_origin(relay: RelayLab, media_mb: int) -> None:
+    """The Plex stand-in with its media file, and the origin agent in front of it when the stack has one."""
+    config, lab, ca = relay.config, relay.lab, relay.ca
+    origin_dir = relay.origin_dir
     origin_dir.mkdir(exist_ok=True)
     relay.media_file = origin_dir / "media.mkv"
     lab_origin.make_media_file(relay.media_file, media_mb * 1024 * 1024)
     relay.headers_log = origin_dir / "headers.jsonl"
-    origin_cert = ca.issue([_origin_tls_name(config)], origin_dir / "tls", "origin")
-    hub_side = [relay.addresses[(pop.name, "origin")][1] for pop in config.pops if pop.upstream == "origin"]
-    for address in hub_side:
+    if config.origin.agent is None:
+        # Plex itself faces the hubs, with a certificate a public CA would have issued it.
+        origin_cert = ca.issue([_origin_tls_name(config)], origin_dir / "tls", "origin")
+        tls = ["--tls-cert", str(origin_cert.fullchain), "--tls-key", str(origin_cert.privkey)]
+        listen = [relay.addresses[(pop.name, "origin")][1] for pop in config.pops if pop.upstream == "origin"]
+    else:
+        # Plex listens on loopback only; the agent's nginx faces the hubs.
+        tls, listen = [], ["127.0.0.1"]
+    for address in listen:
         lab.start(
             "origin",
             [
@@ -194,30 +245,55 @@ def build(config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MED
                 str(relay.media_file),
                 "--headers-log",
                 str(relay.headers_log),
-                "--tls-cert",
-                str(origin_cert.fullchain),
-                "--tls-key",
-                str(origin_cert.privkey),
+                *tls,
             ],
             log=origin_dir / "origin.out",
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
     wait_for_port(relay, "origin", relay.origin_port)
-    for place in topology.places(config):
-        test = relay.nginx(place.pop.name, "-t")
-        if test.returncode != 0:
-            raise LabError(f"nginx -t rejected POP {place.pop.name}'s rendered config: {test.stderr}")
-        relay.start_nginx(place.pop.name)
-    return relay
+    if config.origin.agent is not None:
+        _start_agent(relay)
+
+
+def _start_agent(relay: RelayLab) -> None:
+    """The origin agent as `pulumi up` installs it, in the origin namespace: its rendered conf.d file
+    inside a minimal main config (Debian's nginx.conf includes conf.d the same way)."""
+    config, settings = relay.config, agent.require_agent(relay.config)
+    assert relay.origin_ca is not None
+    prefix = relay.origin_dir
+    agent_dir = Path(f"{prefix}{agent.AGENT_DIR}")
+    issued = relay.origin_ca.issue([agent.tls_name(config)], prefix / "letsencrypt", "agent")
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(issued.fullchain, agent_dir / "server.crt")
+    shutil.copyfile(issued.privkey, agent_dir / "server.key")
+    shutil.copyfile(relay.origin_ca.root_path, agent_dir / "origin-ca.pem")
+    snippet = Path(f"{prefix}{agent.CONF_PATH}")
+    snippet.parent.mkdir(parents=True, exist_ok=True)
+    snippet.write_text(agent.nginx_conf(config, prefix=str(prefix)))
+    for directory in ("run", "var/log/nginx"):
+        (prefix / directory).mkdir(parents=True, exist_ok=True)
+    relay.agent_conf.write_text(
+        f"pid {prefix}/run/nginx.pid;\nerror_log {prefix}/var/log/nginx/error.log warn;\n"
+        f"events {{}}\nhttp {{\n    include /etc/nginx/mime.types;\n    include {snippet};\n}}\n"
+    )
+    test = relay.lab.run("origin", ["nginx", "-t", "-c", str(relay.agent_conf)], check=False)
+    if test.returncode != 0:
+        raise LabError(f"nginx -t rejected the rendered origin agent: {test.stderr}")
+    relay.lab.start("origin", ["nginx", "-c", str(relay.agent_conf), "-g", "daemon off;"], log=relay.root / "agent.out")
+    wait_for_port(relay, "origin", settings.listen_port)
 
 
 @contextlib.contextmanager
 def relay_lab(
-    config: StackConfig, root: Path, media_mb: int = DEFAULT_MEDIA_MB, prefix: str = PREFIX
+    config: StackConfig,
+    root: Path,
+    media_mb: int = DEFAULT_MEDIA_MB,
+    prefix: str = PREFIX,
+    link: LinkMaker = veth_link,
 ) -> Iterator[RelayLab]:
     """Build the lab, yield it, and always tear it down completely."""
     with Lab(prefix) as lab:
-        yield build(config, root, lab, media_mb)
+        yield build(config, root, lab, media_mb, link)
 
 
 def lab_up(stack_file: Path, media_mb: int) -> dict[str, str]:

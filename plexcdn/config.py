@@ -533,6 +533,25 @@ def _parse_nginx(problems: _Problems, raw: object) -> NginxSettings:
     )
 
 
+def _read_vm(reader: _Reader, problems: _Problems, path: str) -> tuple[str, str, str]:
+    """A cloud VM's provider, region and size, each checked against the provider's table."""
+    provider = reader.choice("provider", sorted(regions.PROVIDERS))
+    region_slug = reader.string("region")
+    size_slug = reader.string("size")
+    table = regions.PROVIDERS.get(provider)
+    if table is not None:
+        if region_slug and region_slug not in table.regions:
+            problems.add(
+                f"{path}.region", f"{region_slug!r} is not a {provider} region; use {_one_of(sorted(table.regions))}"
+            )
+        if size_slug and size_slug not in table.sizes:
+            problems.add(
+                f"{path}.size",
+                f"{size_slug!r} is not a {provider} size this program knows; use {_one_of(list(table.sizes))}",
+            )
+    return provider, region_slug, size_slug
+
+
 def _parse_pop(problems: _Problems, index: int, raw: object) -> PopConfig:
     path = f"pops[{index}]"
     reader = _Reader(problems, path, raw, ("name", "provider", "region", "size", "upstream"))
@@ -547,21 +566,8 @@ def _parse_pop(problems: _Problems, index: int, raw: object) -> PopConfig:
             "(it becomes part of a DNS name), and not 'origin'"
         ),
     )
-    provider = reader.choice("provider", sorted(regions.PROVIDERS))
-    region_slug = reader.string("region")
-    size_slug = reader.string("size")
+    provider, region_slug, size_slug = _read_vm(reader, problems, path)
     upstream = reader.string("upstream")
-    table = regions.PROVIDERS.get(provider)
-    if table is not None:
-        if region_slug and region_slug not in table.regions:
-            problems.add(
-                f"{path}.region", f"{region_slug!r} is not a {provider} region; use {_one_of(sorted(table.regions))}"
-            )
-        if size_slug and size_slug not in table.sizes:
-            problems.add(
-                f"{path}.size",
-                f"{size_slug!r} is not a {provider} size this program knows; use {_one_of(list(table.sizes))}",
-            )
     return PopConfig(name, provider, region_slug, size_slug, upstream)
 
 
@@ -705,20 +711,7 @@ def _parse_transcode_slave(problems: _Problems, index: int, raw: object) -> Tran
             port=reader.integer("port", 22, 1, 65535),
             user=reader.string("user", "root", check=_check_unix_user),
         )
-    provider = reader.choice("provider", sorted(regions.PROVIDERS))
-    region_slug = reader.string("region")
-    size_slug = reader.string("size")
-    table = regions.PROVIDERS.get(provider)
-    if table is not None:
-        if region_slug and region_slug not in table.regions:
-            problems.add(
-                f"{path}.region", f"{region_slug!r} is not a {provider} region; use {_one_of(sorted(table.regions))}"
-            )
-        if size_slug and size_slug not in table.sizes:
-            problems.add(
-                f"{path}.size",
-                f"{size_slug!r} is not a {provider} size this program knows; use {_one_of(list(table.sizes))}",
-            )
+    provider, region_slug, size_slug = _read_vm(reader, problems, path)
     return TranscodeSlaveConfig(name, "cloud", provider=provider, region=region_slug, size=size_slug)
 
 

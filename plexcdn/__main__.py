@@ -1,4 +1,7 @@
-"""`python -m plexcdn validate|render ...`: check and render a stack offline, without Pulumi or credentials."""
+"""`python -m plexcdn validate|render ...`: check and render a stack offline, without Pulumi or credentials.
+
+`lab up|down` and `bench` run the rendered configs for real in network namespaces (root).
+"""
 
 from __future__ import annotations
 
@@ -88,6 +91,29 @@ def _lab_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from plexcdn.lab import wanbench
+    from plexcdn.lab.netns import LabError, lab_unavailable_reason
+
+    if (reason := lab_unavailable_reason()) is not None:
+        print(f"error: the benchmark {reason}", file=sys.stderr)
+        return 1
+    try:
+        stack = Path(args.stack) if args.stack else wanbench.DEFAULT_STACK
+        results = wanbench.run(wanbench.SHORT if args.short else wanbench.FULL, stack)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in wanbench.write_results(results, Path(args.out) if args.out else wanbench.RESULTS_DIR):
+        print(path)
+    print(wanbench.markdown_report(results))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plexcdn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab_commands.add_parser("down", help="remove the relay lab: namespaces and processes").set_defaults(
         handler=_lab_down
     )
+    bench = commands.add_parser(
+        "bench", help="WAN benchmark: direct vs. naive relay vs. plex-cdn over emulated links (root)"
+    )
+    bench.add_argument("--short", action="store_true", help="fewer and shorter runs (under 5 minutes)")
+    bench.add_argument("--stack", help="the stack whose POP configs are measured (default: Pulumi.dev.yaml)")
+    bench.add_argument("--out", help="where latest.json, latest.md and latest.png go (default: bench/results)")
+    bench.set_defaults(handler=_bench)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

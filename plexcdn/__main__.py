@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from plexcdn import render, topology
@@ -20,8 +20,7 @@ def _load(path: str) -> StackConfig | None:
     try:
         config = load_stack_file(Path(path))
     except ConfigError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
+        _print_problems(error)
         return None
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -62,25 +61,36 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab_up(args: argparse.Namespace) -> int:
-    from plexcdn.lab import relay
+def _print_problems(error: ConfigError) -> None:
+    for problem in error.problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+def _run_in_lab(what: str, action: Callable[[], int], cleanup: Callable[[], object] = lambda: None) -> int:
+    """Run a lab command: refuse clearly where namespaces are unavailable, report errors without a traceback."""
     from plexcdn.lab.netns import LabError, lab_unavailable_reason
 
     if (reason := lab_unavailable_reason()) is not None:
-        print(f"error: the lab {reason}", file=sys.stderr)
+        print(f"error: the {what} {reason}", file=sys.stderr)
         return 1
     try:
-        info = relay.lab_up(Path(args.stack_file), args.media_mb)
+        return action()
     except ConfigError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 1
+        _print_problems(error)
     except LabError as error:
         print(f"error: {error}", file=sys.stderr)
-        relay.down()
-        return 1
-    print(json.dumps(info))
-    return 0
+        cleanup()
+    return 1
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    from plexcdn.lab import relay
+
+    def up() -> int:
+        print(json.dumps(relay.lab_up(Path(args.stack_file), args.media_mb)))
+        return 0
+
+    return _run_in_lab("lab", up, cleanup=relay.down)
 
 
 def _lab_down(args: argparse.Namespace) -> int:
@@ -93,25 +103,16 @@ def _lab_down(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from plexcdn.lab import wanbench
-    from plexcdn.lab.netns import LabError, lab_unavailable_reason
 
-    if (reason := lab_unavailable_reason()) is not None:
-        print(f"error: the benchmark {reason}", file=sys.stderr)
-        return 1
-    try:
+    def bench() -> int:
         stack = Path(args.stack) if args.stack else wanbench.DEFAULT_STACK
         results = wanbench.run(wanbench.SHORT if args.short else wanbench.FULL, stack)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 1
-    except LabError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for path in wanbench.write_results(results, Path(args.out) if args.out else wanbench.RESULTS_DIR):
-        print(path)
-    print(wanbench.markdown_report(results))
-    return 0
+        for path in wanbench.write_results(results, Path(args.out) if args.out else wanbench.RESULTS_DIR):
+            print(path)
+        print(wanbench.markdown_report(results))
+        return 0
+
+    return _run_in_lab("benchmark", bench)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

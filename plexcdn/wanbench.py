@@ -267,7 +267,8 @@ def _figure(stat: Mapping[str, Any] | None, digits: int, scale: float = 1.0, uni
 # (label, summary key, digits, scale, unit)
 TABLE_ROWS: Final[tuple[tuple[str, str, int, float, str], ...]] = (
     ("Throughput / bottleneck rate", "throughput_ratio", 2, 1.0, ""),
-    ("Throughput, Mbit/s", "throughput_mbit", 1, 1.0, ""),
+    ("Throughput, second half of the download, Mbit/s", "throughput_mbit", 1, 1.0, ""),
+    ("Throughput, whole download from its first byte, Mbit/s", "throughput_whole_mbit", 1, 1.0, ""),
     ("Startup TTFB, fresh session, s", "startup_s", 2, 1.0, ""),
     ("Startup TTFB / path RTT", "startup_rtt", 1, 1.0, "x"),
     ("Startup TTFB, first after (re)start, s", "startup_cold_s", 2, 1.0, ""),

@@ -630,8 +630,10 @@ def _legs_line(legs: Mapping[str, Mapping[str, Any]]) -> str:
             for leg, value in measured.items()
         )
         parts.append(f"`{scenario}`: {figures}")
-    return "Each leg on its own (iperf3, one stream, download direction, the sender's congestion control), Mbit/s: " + (
-        "; ".join(parts) + "."
+    return (
+        "Each leg on its own (iperf3, one stream, download direction, the sender's congestion control), Mbit/s: "
+        + "; ".join(parts)
+        + ". Split at the POPs, a path delivers no more than its slowest leg."
     )
 
 

@@ -16,12 +16,13 @@ from typing import Any, Final
 
 import yaml
 
-from plexcdn import render, topology
+from plexcdn import agent, render, topology
 from plexcdn.config import StackConfig
 
 SEED_TEMPLATE: Final = "bench/seed-nginx.conf.j2"
 POP_SYSCTL_PATH: Final = "/etc/sysctl.d/90-plex-cdn.conf"
-SCENARIOS: Final = ("direct", "seed", "plex-cdn")
+SCENARIOS: Final = ("direct", "seed", "plex-cdn", "plex-cdn + origin agent")
+AGENT_SCENARIO: Final = "plex-cdn + origin agent"
 
 
 def rate_key(bitrate_mbit: float) -> str:
@@ -249,6 +250,11 @@ def pop_sysctls(cloud_init_text: str) -> dict[str, str]:
         if entry.get("path") == POP_SYSCTL_PATH:
             return parse_sysctl_conf(str(entry["content"]))
     raise ValueError(f"the cloud-init writes no {POP_SYSCTL_PATH}")
+
+
+def agent_sysctls() -> dict[str, str]:
+    """The sysctl drop-in the origin agent installs on the Plex host."""
+    return parse_sysctl_conf(agent.sysctl_conf())
 
 
 # --- the report ------------------------------------------------------------------------------------

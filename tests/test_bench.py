@@ -290,3 +290,21 @@ def test_client_playback_plays_and_stops_reading_when_the_buffer_is_full(tls_ori
     most = (2.0 + settings.max_buffer_s + bench_client.READ_AHEAD_STEP_S) * settings.bytes_per_second
     assert result["bytes"] <= most + bench_client.RECV_SIZE
     assert result["bytes"] < media.stat().st_size
+
+
+def test_agent_scenario_points_the_hub_at_the_agent_and_tunes_the_plex_host(example_config: StackConfig) -> None:
+    agent_config = lab_wanbench.with_agent(example_config)
+    origin = example_config.origin
+    with_agent = "\n".join(render.nginx_files(agent_config, "us", addresses=HUB_ADDRESS).values())
+    without = "\n".join(render.nginx_files(example_config, "us", addresses=HUB_ADDRESS).values())
+    assert f"{origin.host}:{lab_wanbench.AGENT_PORT}" in with_agent
+    assert f"{origin.host}:{lab_wanbench.AGENT_PORT}" not in without
+    assert render.ORIGIN_CLIENT_CERT_FILE in with_agent and render.ORIGIN_CLIENT_CERT_FILE not in without
+    # Only the hub's hop changes: the edge's config is the same either way.
+    assert render.nginx_files(agent_config, "asia", addresses=HUB_ADDRESS) == render.nginx_files(
+        example_config, "asia", addresses=HUB_ADDRESS
+    )
+    tuning = wanbench.agent_sysctls()
+    assert tuning["net.ipv4.tcp_congestion_control"] == "bbr"
+    assert tuning["net.ipv4.tcp_slow_start_after_idle"] == "0"
+    assert set(tuning) <= set(lab_wanbench.STOCK_SYSCTLS) | {lab_wanbench.FQ_KEY}, "every key has a stock value"

@@ -198,7 +198,7 @@ def build(
 def _install_certificates(relay: RelayLab) -> None:
     """Certificates where the rendered config expects them: Let's Encrypt's layout for each POP's names,
     the lab CA in the POPs' trust bundle, and each POP's client certificate for its upstream hop."""
-    config, ca, peer_ca = relay.config, relay.ca, relay.peer_ca
+    config, ca = relay.config, relay.ca
     for place in topology.places(config):
         name = place.pop.name
         base = relay.pop_dir(name)
@@ -206,19 +206,25 @@ def _install_certificates(relay: RelayLab) -> None:
             (base / directory).mkdir(parents=True, exist_ok=True)
         ca.issue(config.certificate_names(name), base / "etc" / "letsencrypt", config.pop_name(name))
         shutil.copyfile(ca.bundle_path, base / "etc" / "ssl" / "certs" / "ca-certificates.crt")
-        upstream = render.upstream_of(config, name, render.placeholder_addresses(config))
-        if upstream.client_key_file:
-            # The one client certificate this POP shows upstream, from the CA that hop trusts.
-            authority = peer_ca if upstream.client_key_file == render.PEER_CLIENT_KEY_FILE else relay.origin_ca
-            assert authority is not None
-            key_path = relay.conf(name).parent / upstream.client_key_file
-            authority.issue_client(config.pop_name(name), base / "client.crt", key_path)
+        _issue_client_certificate(relay, config, name)
         relay.render_pop(name)
+
+
+def _issue_client_certificate(relay: RelayLab, config: StackConfig, pop: str) -> None:
+    """The one client certificate a POP shows upstream under `config`, from the CA that hop trusts."""
+    upstream = render.upstream_of(config, pop, render.placeholder_addresses(config))
+    if not upstream.client_key_file:
+        return
+    authority = relay.peer_ca if upstream.client_key_file == render.PEER_CLIENT_KEY_FILE else relay.origin_ca
+    assert authority is not None
+    key_path = relay.conf(pop).parent / upstream.client_key_file
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    authority.issue_client(config.pop_name(pop), relay.pop_dir(pop) / "client.crt", key_path)
 
 
 def _start_origin(relay: RelayLab, media_mb: int) -> None:
     """The Plex stand-in with its media file, and the origin agent in front of it when the stack has one."""
-    config, lab, ca = relay.config, relay.lab, relay.ca
+    config, ca = relay.config, relay.ca
     origin_dir = relay.origin_dir
     origin_dir.mkdir(exist_ok=True)
     relay.media_file = origin_dir / "media.mkv"
@@ -233,32 +239,45 @@ def _start_origin(relay: RelayLab, media_mb: int) -> None:
         # Plex listens on loopback only; the agent's nginx faces the hubs.
         tls, listen = [], ["127.0.0.1"]
     for address in listen:
-        lab.start(
-            "origin",
-            [
-                sys.executable,
-                "-m",
-                "plexcdn.lab.origin",
-                "--listen",
-                f"{address}:{relay.origin_port}",
-                "--media",
-                str(relay.media_file),
-                "--headers-log",
-                str(relay.headers_log),
-                *tls,
-            ],
-            log=origin_dir / "origin.out",
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        )
+        _start_plex(relay, address, tls)
     wait_for_port(relay, "origin", relay.origin_port)
     if config.origin.agent is not None:
-        _start_agent(relay)
+        _start_agent(relay, config)
 
 
-def _start_agent(relay: RelayLab) -> None:
+def _start_plex(relay: RelayLab, address: str, tls: list[str]) -> None:
+    relay.lab.start(
+        "origin",
+        [
+            *(sys.executable, "-m", "plexcdn.lab.origin"),
+            *("--listen", f"{address}:{relay.origin_port}", "--media", str(relay.media_file)),
+            *("--headers-log", str(relay.headers_log), *tls),
+        ],
+        log=relay.origin_dir / f"origin-{address}.out",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+
+
+def add_agent(relay: RelayLab, agent_config: StackConfig) -> None:
+    """Run the origin agent of `agent_config` beside a lab built without one, so that one lab can serve
+    both ways (the WAN benchmark compares them): Plex also on loopback, the agent's nginx facing the hubs,
+    and each hub's client certificate from the origin CA. `render_pop(pop, agent_config)` then points
+    the hubs at the agent."""
+    agent.require_agent(agent_config)
+    if relay.config.origin.agent is not None:
+        raise LabError("this lab already runs the origin agent")
+    relay.origin_ca = LabCA.create(relay.root / "origin-ca", "plex-cdn relay lab origin", intermediate=False)
+    _start_plex(relay, "127.0.0.1", [])
+    for pop in relay.config.pops:
+        if pop.upstream == "origin":
+            _issue_client_certificate(relay, agent_config, pop.name)
+    _start_agent(relay, agent_config)
+
+
+def _start_agent(relay: RelayLab, config: StackConfig) -> None:
     """The origin agent as `pulumi up` installs it, in the origin namespace: its rendered conf.d file
     inside a minimal main config (Debian's nginx.conf includes conf.d the same way)."""
-    config, settings = relay.config, agent.require_agent(relay.config)
+    settings = agent.require_agent(config)
     assert relay.origin_ca is not None
     prefix = relay.origin_dir
     agent_dir = Path(f"{prefix}{agent.AGENT_DIR}")

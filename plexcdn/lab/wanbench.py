@@ -8,9 +8,12 @@ same viewer then fetches the same media three ways, interleaved over several rep
 - `seed`: through the edge and hub running the naive nginx plex-cdn replaces (templates/bench/), with
   the kernel's stock TCP settings and cubic;
 - `plex-cdn`: through the same POPs running the project's rendered configs, with the sysctl set the
-  POP cloud-init applies (BBR among it) set inside the POP namespaces.
+  POP cloud-init applies (BBR among it) set inside the POP namespaces;
+- `plex-cdn + origin agent`: as `plex-cdn`, with the hubs' hop ending at the origin agent's nginx on the
+  Plex host (mutual TLS, Plex on loopback) and the agent's sysctl drop-in set in the origin namespace.
 
-The viewer and the Plex server keep cubic and stock settings throughout, as they would at home. Every
+The viewer keeps cubic and stock settings throughout, as it would at home; so does the Plex server but
+in the agent scenario. Every
 figure is reported against its physical limit: throughput against the bottleneck rate, times to first
 byte against the path's round-trip time. Results go to bench/results/latest.{json,md,png}.
 
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from plexcdn import PROJECT_ROOT, render, topology, wanbench
-from plexcdn.config import ORIGIN, StackConfig, load_stack_file
+from plexcdn.config import ORIGIN, OriginAgent, StackConfig, load_stack_file
 from plexcdn.lab import relay, wan
 from plexcdn.lab.netns import Lab, LabError
 
@@ -53,6 +56,7 @@ ORIGIN_HOP: Final = dataclasses.replace(
     wan.profile("isp-local", rtt_ms=30.0, rate_mbit=LINK_RATE_MBIT), name="isp-regional"
 )
 DIRECT_PATH: Final = wan.profile("isp-longhaul", rate_mbit=LINK_RATE_MBIT)
+AGENT_PORT: Final = 32443
 
 # Linux's own values for the keys the POP tuning sets; Debian 12 changes none of them.
 STOCK_SYSCTLS: Final = {
@@ -132,6 +136,7 @@ class Bench:
     relay: relay.RelayLab
     hops: dict[tuple[str, str], wan.WanLink]
     direct: wan.WanLink
+    agent_config: StackConfig  # the lab's stack with the origin agent turned on
     tuned: dict[str, str]  # the POP sysctls that can be set inside a namespace
     not_applied: dict[str, str] = field(default_factory=dict)  # key -> why not
     fq_error: str | None = None  # None: fq set on the POPs' WAN devices in the plex-cdn scenario
@@ -150,12 +155,19 @@ class Bench:
 
     def pop_devices(self) -> Iterator[tuple[str, str]]:
         """(role, device) for every WAN device inside a POP namespace."""
-        pops = set(self.pops())
+        return self.devices_of(set(self.pops()))
+
+    def devices_of(self, roles: set[str]) -> Iterator[tuple[str, str]]:
+        """(role, device) for every relayed-path WAN device inside the given namespaces."""
         for (a_role, b_role), link in self.hops.items():
-            if a_role in pops:
+            if a_role in roles:
                 yield a_role, link.a_if
-            if b_role in pops:
+            if b_role in roles:
                 yield b_role, link.b_if
+
+    def agent_tuning(self) -> dict[str, str]:
+        """The agent's sysctls that a namespace accepts (the same keys as the POPs')."""
+        return {key: value for key, value in wanbench.agent_sysctls().items() if key in self.tuned}
 
     def relayed_path(self) -> list[tuple[str, str]]:
         path = topology.place(self.config, self.relay.viewer_pop).path_to_origin
@@ -235,12 +247,12 @@ def probe_pop_tuning(bench: Bench) -> None:
     bench.lab.run(role, ["tc", "qdisc", "del", "dev", device, "root"], check=False)
 
 
-def set_fq(bench: Bench, on: bool) -> None:
-    """fq on the POPs' WAN devices (the cloud-init's default qdisc), or back to the device default."""
+def set_fq(bench: Bench, roles: set[str]) -> None:
+    """fq on the WAN devices of `roles` (the tuning's default qdisc); every other device back to its default."""
     if bench.fq_error is not None:
         return
-    for role, device in bench.pop_devices():
-        action = ["replace", "dev", device, "root", "fq"] if on else ["del", "dev", device, "root"]
+    for role, device in bench.devices_of({*bench.pops(), ORIGIN}):
+        action = ["replace", "dev", device, "root", "fq"] if role in roles else ["del", "dev", device, "root"]
         bench.lab.run(role, ["tc", "qdisc", *action], check=False)
 
 
@@ -257,6 +269,12 @@ def wait_for_listener(lab: Lab, role: str, address: str, port: int, timeout: flo
     raise LabError(f"nothing listens on {address}:{port} in {lab.ns(role)} after {timeout:.0f} s")
 
 
+def with_agent(config: StackConfig) -> StackConfig:
+    """The stack with `origin.agent` on, as a user turns it on (the SSH settings play no part in the lab)."""
+    settings = OriginAgent(AGENT_PORT, config.origin.host, 22, "root", apply_firewall=False)
+    return dataclasses.replace(config, origin=dataclasses.replace(config.origin, agent=settings))
+
+
 def build_bench(config: StackConfig, root: Path, lab: Lab, plan: BenchPlan) -> Bench:
     hops: dict[tuple[str, str], wan.WanLink] = {}
 
@@ -266,8 +284,10 @@ def build_bench(config: StackConfig, root: Path, lab: Lab, plan: BenchPlan) -> B
         return str(link.a_addr), str(link.b_addr)
 
     built = relay.build(config, root, lab, plan.media_mb, link=wan_link)
+    agent_config = with_agent(config)
+    relay.add_agent(built, agent_config)
     direct = wan.connect(lab, "client", ORIGIN, DIRECT_SUBNET, DIRECT_PATH, seed=len(hops) + 1)
-    bench = Bench(built, hops, direct, tuned={})
+    bench = Bench(built, hops, direct, agent_config, tuned={})
     probe_pop_tuning(bench)
 
     # The viewer reaches the Plex server by its own name over the direct link, as it would without a CDN.
@@ -321,7 +341,13 @@ def restart_nginx(bench: Bench, pop: str) -> None:
 
 def use_scenario(bench: Bench, scenario: str) -> dict[str, Any]:
     """Put the POPs in the scenario's state; returns what they run with, read back from them."""
+    with_agent = scenario == wanbench.AGENT_SCENARIO
+    origin_values = bench.agent_tuning() if with_agent else {k: v for k, v in STOCK_SYSCTLS.items() if k in bench.tuned}
+    failures = set_sysctls(bench.lab, ORIGIN, origin_values)
+    if failures:
+        raise LabError(f"the origin namespace refused sysctls: {failures}")
     if scenario == "direct":
+        set_fq(bench, set())
         return {}
     for pop in bench.pops():
         if scenario == "seed":
@@ -332,22 +358,22 @@ def use_scenario(bench: Bench, scenario: str) -> dict[str, Any]:
             bench.relay.conf(pop).write_text(conf)
             values = {k: v for k, v in STOCK_SYSCTLS.items() if k in bench.tuned}
         else:
-            bench.relay.render_pop(pop)
+            bench.relay.render_pop(pop, bench.agent_config if with_agent else bench.config)
             values = bench.tuned
         conf_path = bench.relay.conf(pop)
         conf_path.write_text(wanbench.with_workers_of(conf_path.read_text(), bench.config.pop(pop).size_info.vcpus))
         failures = set_sysctls(bench.lab, pop, values)
         if failures:
             raise LabError(f"POP {pop} refused sysctls it took before: {failures}")
-    set_fq(bench, on=scenario == "plex-cdn")
+    set_fq(bench, ({*bench.pops(), ORIGIN} if with_agent else set(bench.pops())) if scenario != "seed" else set())
     for pop in bench.pops():
         restart_nginx(bench, pop)
     return {
-        pop: {
-            "tcp_congestion_control": wan.congestion_control(bench.lab, pop),
-            "tcp_slow_start_after_idle": read_sysctl(bench.lab, pop, "net.ipv4.tcp_slow_start_after_idle"),
+        role: {
+            "tcp_congestion_control": wan.congestion_control(bench.lab, role),
+            "tcp_slow_start_after_idle": read_sysctl(bench.lab, role, "net.ipv4.tcp_slow_start_after_idle"),
         }
-        for pop in bench.pops()
+        for role in (*bench.pops(), ORIGIN)
     }
 
 
@@ -491,11 +517,15 @@ def profile_record(bench: Bench, plan: BenchPlan) -> dict[str, Any]:
         "path_rtt_ms": {name: bench.path_rtt_s(name) * 1000 for name in wanbench.SCENARIOS},
         "congestion_control": {
             "client": "cubic",
-            "origin": "cubic",
+            "origin": {
+                "without the agent": "cubic",
+                wanbench.AGENT_SCENARIO: bench.agent_tuning().get("net.ipv4.tcp_congestion_control", "?"),
+            },
             "pops": {"seed": "cubic", "plex-cdn": bench.tuned.get("net.ipv4.tcp_congestion_control", "?")},
         },
         "pop_sysctls": {
             "applied_in_plex_cdn": bench.tuned,
+            "applied_on_origin_with_agent": bench.agent_tuning(),
             "stock_in_seed": {k: v for k, v in STOCK_SYSCTLS.items() if k in bench.tuned},
             "not_applied": bench.not_applied,
             "namespace_initial": bench.initial,
@@ -552,7 +582,8 @@ def run(plan: BenchPlan, stack_file: Path = DEFAULT_STACK) -> dict[str, Any]:
                     use_scenario(bench, scenario)
                     legs[scenario] = measure_legs(bench, scenario, plan.leg_seconds)
             for repetition in range(plan.repetitions):
-                order = wanbench.SCENARIOS[repetition % 3 :] + wanbench.SCENARIOS[: repetition % 3]
+                turn = repetition % len(wanbench.SCENARIOS)
+                order = wanbench.SCENARIOS[turn:] + wanbench.SCENARIOS[:turn]
                 for scenario in order:
                     log(f"repetition {repetition + 1}/{plan.repetitions}: {scenario}")
                     pops = use_scenario(bench, scenario)
@@ -613,8 +644,9 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"an open connection. Playback: {player['window_s']:g} s windows, play at {player['start_buffer_s']:g} s "
         f"buffered, resume at {player['resume_buffer_s']:g} s, read ahead at most {player['max_buffer_s']:g} s.",
         "",
-        f"Viewer and Plex server: cubic. POPs: cubic and stock sysctls (`seed`), the cloud-init's sysctls "
-        f"(`plex-cdn`). Not applied inside the namespaces: {not_applied or 'none'}.",
+        "Viewer: cubic. Plex server: cubic, but for the agent's sysctl drop-in in the last scenario. POPs: cubic "
+        "and stock sysctls (`seed`), the cloud-init's sysctls (both `plex-cdn` scenarios). "
+        f"Not applied inside the namespaces: {not_applied or 'none'}.",
         "",
     ]
     if results.get("legs"):
@@ -644,7 +676,7 @@ def write_plot(results: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = [name for name in wanbench.SCENARIOS if name in results["scenarios"]]
-    colours = {"direct": "#c0392b", "seed": "#7f8c8d", "plex-cdn": "#2471a3"}
+    colours = {"direct": "#c0392b", "seed": "#7f8c8d", "plex-cdn": "#2471a3", wanbench.AGENT_SCENARIO: "#1e8449"}
     bitrates = [wanbench.rate_key(rate) for rate in results["profile"]["player"]["bitrates_mbit"]]
     figure, axes = plt.subplots(2, 3, figsize=(15, 8.5))
 

@@ -70,3 +70,22 @@ if stack.transcode is not None:
             "cloudSlavesMonthlyUsd": stack.transcode.monthly_cost_usd,
         },
     )
+if stack.library is not None:
+    pulumi.export(
+        "library",
+        {
+            "swarm": stack.library.swarm,
+            "peers": {
+                name: {
+                    "role": peer.role,
+                    "kind": peer.kind,
+                    "address": peer.address,
+                    "peerId": peer.peer_id,
+                    **({"ipnsName": peer.ipns_name.apply(lambda n: f"/ipns/{n}")} if peer.ipns_name else {}),
+                    **({"plexLibraryFolders": peer.library_paths} if peer.library_paths else {}),
+                }
+                for name, peer in stack.library.peers.items()
+            },
+            "cloudPeersMonthlyUsd": stack.library.monthly_cost_usd,
+        },
+    )

@@ -13,6 +13,8 @@ import pulumi_aws as aws
 from components.certbot_user import CertbotUser, CertbotUserArgs
 from components.edge_pop import EdgePop, EdgePopArgs
 from components.latency_dns import LatencyDns, LatencyDnsArgs
+from components.library_peer import LibraryPeer, LibraryPeerArgs
+from components.library_swarm import LibrarySwarm, LibrarySwarmArgs
 from components.origin_link import Hub, OriginLink, OriginLinkArgs
 from components.stack_keys import StackKeys, StackKeysArgs
 from components.transcode import TranscodeSlave, TranscodeSlaveArgs
@@ -20,6 +22,7 @@ from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
 from plexcdn import agent, topology
 from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, needs_home_ssh_key
 from plexcdn.cost import estimate
+from plexcdn.library.render import Member
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,23 @@ class TranscodeOutputs:
 
 
 @dataclass(frozen=True)
+class LibraryPeerOutputs:
+    role: str
+    kind: str
+    address: pulumi.Output[str]
+    peer_id: pulumi.Output[str]
+    ipns_name: pulumi.Output[str] | None  # seeders
+    library_paths: dict[str, str] | None  # viewers: seeder -> the folder to add to Plex
+
+
+@dataclass(frozen=True)
+class LibraryOutputs:
+    swarm: str
+    peers: dict[str, LibraryPeerOutputs]
+    monthly_cost_usd: float  # the cloud peers' VMs
+
+
+@dataclass(frozen=True)
 class StackOutputs:
     shared_url: str
     plex_custom_access_url: str
@@ -55,6 +75,7 @@ class StackOutputs:
     certbot_policy_json: pulumi.Output[str]
     agent_firewall_rules: pulumi.Output[str] | None
     transcode: TranscodeOutputs | None = None
+    library: LibraryOutputs | None = None
 
 
 def build_stack(
@@ -130,6 +151,7 @@ def build_stack(
         if config.transcode is not None and home_ssh_key is not None
         else None
     )
+    library = _build_library(config, keys, home_ssh_key) if config.library is not None else None
     return StackOutputs(
         shared_url=config.shared_url,
         plex_custom_access_url=config.plex_custom_access_url,
@@ -140,6 +162,7 @@ def build_stack(
         agent_firewall_rules=link.agent_firewall_rules,
         certbot_policy_json=certbot.policy_json,
         transcode=transcode,
+        library=library,
     )
 
 
@@ -190,4 +213,49 @@ def _build_transcode(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Outpu
         },
         dispatch_public_key=origin.dispatch_public_key,
         monthly_cost_usd=config.transcode.cloud_monthly_usd,
+    )
+
+
+def _build_library(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Output[str] | None) -> LibraryOutputs:
+    """The swarm's keys, then every peer. Each peer's config names all the others, whose addresses a cloud
+    peer has only once its VM exists: a deferred output carries the list to every peer."""
+    assert config.library is not None
+    library = config.library
+    swarm = LibrarySwarm("library", LibrarySwarmArgs(library=library))
+    members: pulumi.Output[Sequence[Member]]
+    resolve_members: Callable[[pulumi.Output[Sequence[Member]]], None]
+    members, resolve_members = pulumi.deferred_output()
+    seeder_names = pulumi.Output.all(**{seeder.name: swarm.peers[seeder.name].ipns_name for seeder in library.seeders})
+    peers = {
+        peer.name: LibraryPeer(
+            f"library-{peer.name}",
+            LibraryPeerArgs(
+                config=config,
+                peer=peer.name,
+                swarm_key_file=swarm.swarm_key_file,
+                keys=swarm.peers[peer.name],
+                members=members,
+                seeder_ipns_names=seeder_names,
+                ssh_private_key=ssh_key,
+                deploy_public_key=keys.deploy_public_key,
+                deploy_private_key=keys.deploy_private_key,
+            ),
+        )
+        for peer in library.peers
+    }
+    resolve_members(pulumi.Output.all(*(peer.member for peer in peers.values())))
+    return LibraryOutputs(
+        swarm=library.swarm,
+        peers={
+            name: LibraryPeerOutputs(
+                library.peer(name).role,
+                library.peer(name).kind,
+                peer.address,
+                peer.peer_id,
+                peer.ipns_name,
+                peer.library_paths,
+            )
+            for name, peer in peers.items()
+        },
+        monthly_cost_usd=library.cloud_monthly_usd,
     )

@@ -23,7 +23,7 @@ WORLD = ("0.0.0.0/0", "::/0")
 class FirewallRule:
     protocol: str  # "tcp" | "udp"
     port: int
-    sources: Sequence[str]
+    sources: pulumi.Input[Sequence[str]]  # an Output where the sources are other VMs made in the same run
     label: str
 
 
@@ -48,8 +48,18 @@ class Vm:
     ipv6: pulumi.Output[str]
 
 
-def _split(sources: Sequence[str]) -> tuple[list[str], list[str]]:
-    return [s for s in sources if ":" not in s], [s for s in sources if ":" in s]
+def _by_family(sources: Sequence[str]) -> tuple[list[str] | None, list[str] | None]:
+    return [s for s in sources if ":" not in s] or None, [s for s in sources if ":" in s] or None
+
+
+def _split(
+    sources: pulumi.Input[Sequence[str]],
+) -> tuple[pulumi.Input[list[str] | None], pulumi.Input[list[str] | None]]:
+    """IPv4 and IPv6 sources apart, as Linode wants them; None (left out) where there are none."""
+    if not isinstance(sources, pulumi.Output):
+        return _by_family(sources)  # type: ignore[arg-type]
+    split = sources.apply(_by_family)
+    return split.apply(lambda pair: pair[0]), split.apply(lambda pair: pair[1])
 
 
 def create_vm(spec: VmSpec, parent: pulumi.Resource) -> Vm:
@@ -78,7 +88,7 @@ def _digitalocean(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
     )
     inbound = [
         digitalocean.FirewallInboundRuleArgs(
-            protocol=rule.protocol, port_range=str(rule.port), source_addresses=list(rule.sources)
+            protocol=rule.protocol, port_range=str(rule.port), source_addresses=rule.sources
         )
         for rule in spec.firewall_rules
     ]
@@ -122,8 +132,8 @@ def _linode(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
                 action="ACCEPT",
                 protocol=rule.protocol.upper(),
                 ports=str(rule.port),
-                ipv4s=ipv4s or None,
-                ipv6s=ipv6s or None,
+                ipv4s=ipv4s,
+                ipv6s=ipv6s,
             )
         )
     inbounds.append(

@@ -38,6 +38,7 @@ TOP_LEVEL_KEYS: Final[dict[str, Literal["scalar", "object"]]] = {
     "nginx": "object",
     "pops": "object",
     "transcode": "object",
+    "library": "object",
 }
 
 # Secret settings: read by __main__ with require_secret, never part of the parsed model. A stack file holds
@@ -255,6 +256,73 @@ class TranscodeConfig:
         return round(sum(slave.size_info.monthly_usd for slave in self.cloud_slaves), 2)
 
 
+LIBRARY_ROLES: Final = ("seeder", "viewer")
+MACHINE_KINDS: Final = ("host", "cloud")
+DEFAULT_LIBRARY_MOUNT: Final = "/mnt/plex-cdn-library"
+
+
+@dataclass(frozen=True)
+class BitswapSettings:
+    """kubo's Internal.Bitswap tuning: the defaults let one peer keep a 4K stream's blocks in flight."""
+
+    engine_blockstore_worker_count: int = 2500
+    engine_task_worker_count: int = 1024
+    max_outstanding_bytes_per_peer: int = 10 * 1024**3
+    task_worker_count: int = 1024
+
+
+@dataclass(frozen=True)
+class LibraryPeerConfig:
+    name: str
+    role: Literal["seeder", "viewer"]
+    kind: Literal["host", "cloud"]
+    host: str = ""  # kind host: where SSH and the other peers reach it
+    port: int = 22
+    user: str = "root"
+    swarm_cidrs: tuple[str, ...] = ()  # kind host: the networks it connects from, for the others' firewalls
+    provider: str = ""  # kind cloud
+    region: str = ""
+    size: str = ""
+    media_dir: str = ""  # seeders: the folder shared
+    mount_dir: str = DEFAULT_LIBRARY_MOUNT  # viewers: where each seeder's library appears, one folder each
+    plex: bool = False  # viewers: warm the cache from what this host's Plex is playing
+    cache_gb: int = 50
+
+    @property
+    def size_info(self) -> regions.Size:
+        return regions.size(self.provider, self.size)
+
+    def library_path(self, seeder: str) -> str:
+        """Where a seeder's library appears on this viewer: the folder to add to Plex."""
+        return posixpath.join(self.mount_dir, seeder)
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    swarm: str
+    swarm_port: int
+    bitswap: BitswapSettings
+    peers: tuple[LibraryPeerConfig, ...]
+
+    @property
+    def seeders(self) -> tuple[LibraryPeerConfig, ...]:
+        return tuple(peer for peer in self.peers if peer.role == "seeder")
+
+    @property
+    def viewers(self) -> tuple[LibraryPeerConfig, ...]:
+        return tuple(peer for peer in self.peers if peer.role == "viewer")
+
+    def peer(self, name: str) -> LibraryPeerConfig:
+        for peer in self.peers:
+            if peer.name == name:
+                return peer
+        raise KeyError(name)
+
+    @property
+    def cloud_monthly_usd(self) -> float:
+        return round(sum(peer.size_info.monthly_usd for peer in self.peers if peer.kind == "cloud"), 2)
+
+
 @dataclass(frozen=True)
 class StackConfig:
     stack: str
@@ -267,6 +335,7 @@ class StackConfig:
     pops: tuple[PopConfig, ...]
     warnings: tuple[str, ...] = field(default=())
     transcode: TranscodeConfig | None = None
+    library: LibraryConfig | None = None
 
     @property
     def shared_name(self) -> str:
@@ -911,6 +980,153 @@ def _parse_transcode(problems: _Problems, raw: object, origin: OriginConfig) -> 
     return transcode
 
 
+_LIBRARY_HOST_ONLY: Final = ("host", "port", "user", "swarmCidrs", "plex")
+_LIBRARY_ROLE_ONLY: Final = {"seeder": ("mediaDir",), "viewer": ("mountDir", "plex")}
+
+
+def _check_absolute_dir(value: str) -> str | None:
+    if not value.startswith("/") or _PATH_UNSAFE.search(value) or value.rstrip("/") == "":
+        return "must be an absolute directory path such as /srv/media, without quotes or backslashes"
+    return None
+
+
+def _parse_swarm_cidrs(problems: _Problems, path: str, raw: object) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.add(path, f"must be a list of networks such as [203.0.113.0/24], got {raw!r}")
+        return ()
+    networks: list[str] = []
+    for index, value in enumerate(raw):
+        try:
+            networks.append(str(ipaddress.ip_network(str(value), strict=False)))
+        except ValueError:
+            problems.add(f"{path}[{index}]", f"{value!r} is not a network such as 203.0.113.0/24 or 2001:db8::/48")
+    return tuple(networks)
+
+
+def _parse_library_peer(
+    problems: _Problems, role: Literal["seeder", "viewer"], index: int, raw: object
+) -> LibraryPeerConfig | None:
+    path = f"library.{role}s[{index}]"
+    role_keys = _LIBRARY_ROLE_ONLY[role]
+    other_keys = tuple(k for k in _LIBRARY_ROLE_ONLY["viewer" if role == "seeder" else "seeder"] if k not in role_keys)
+    reader = _Reader(
+        problems, path, raw, ("name", "kind", *_LIBRARY_HOST_ONLY, *_CLOUD_ONLY, *role_keys, *other_keys, "cacheGb")
+    )
+    if not reader.ok:
+        return None
+    for key in other_keys:
+        if key in reader.raw:
+            problems.add(f"{path}.{key}", f"only {'viewers' if role == 'seeder' else 'seeders'} have a {key}")
+    name = reader.string(
+        "name",
+        check=lambda v: (
+            None
+            if _SLAVE_NAME.match(v) and len(v) <= 16
+            else "must be 1-16 lower-case letters, digits or single '-', starting with a letter and ending in a "
+            "letter or digit (it names the peer's VM, services and outputs)"
+        ),
+    )
+    kind = reader.choice("kind", MACHINE_KINDS)
+    if kind not in MACHINE_KINDS:
+        return None
+    for key in _CLOUD_ONLY if kind == "host" else _LIBRARY_HOST_ONLY:
+        if key in reader.raw:
+            other = "cloud" if kind == "host" else "host"
+            problems.add(f"{path}.{key}", f"only peers of kind {other} have a {key}; this one is kind {kind}")
+    media_dir = reader.string("mediaDir", check=_check_absolute_dir) if role == "seeder" else ""
+    mount_dir = reader.string("mountDir", DEFAULT_LIBRARY_MOUNT, _check_absolute_dir) if role == "viewer" else ""
+    cache_gb = reader.integer("cacheGb", 50, 1, 100_000)
+    common = {"media_dir": media_dir, "mount_dir": mount_dir, "cache_gb": cache_gb}
+    if kind == "cloud":
+        provider, region_slug, size_slug = _read_vm(reader, problems, path)
+        return LibraryPeerConfig(
+            name,
+            role,
+            "cloud",
+            provider=provider,
+            region=region_slug,
+            size=size_slug,
+            **common,  # type: ignore[arg-type]
+        )
+    host = reader.string("host", check=_check_host)
+    cidrs = _parse_swarm_cidrs(problems, f"{path}.swarmCidrs", reader.raw.get("swarmCidrs"))
+    if host and _check_host(host) is None and not cidrs:
+        try:
+            cidrs = (str(ipaddress.ip_network(host)),)
+        except ValueError:
+            problems.add(
+                f"{path}.swarmCidrs",
+                f"is needed because {host} is a name: firewalls admit addresses, not names; list the address or "
+                "network this peer connects from, e.g. [203.0.113.7/32]",
+            )
+    return LibraryPeerConfig(
+        name,
+        role,
+        "host",
+        host=host,
+        port=reader.integer("port", 22, 1, 65535),
+        user=reader.string("user", "root", check=_check_unix_user),
+        swarm_cidrs=cidrs,
+        plex=reader.boolean("plex", True) if role == "viewer" else False,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _parse_bitswap(problems: _Problems, raw: object) -> BitswapSettings:
+    keys = {
+        "engineBlockstoreWorkerCount": "engine_blockstore_worker_count",
+        "engineTaskWorkerCount": "engine_task_worker_count",
+        "maxOutstandingBytesPerPeer": "max_outstanding_bytes_per_peer",
+        "taskWorkerCount": "task_worker_count",
+    }
+    reader = _Reader(problems, "library.bitswap", raw, tuple(keys))
+    defaults = BitswapSettings()
+    return BitswapSettings(
+        **{
+            field_name: reader.integer(key, getattr(defaults, field_name), 1, 2**40 if "Bytes" in key else 100_000)
+            for key, field_name in keys.items()
+        }
+    )
+
+
+def _parse_library(problems: _Problems, raw: object) -> LibraryConfig | None:
+    if raw is None:
+        return None
+    reader = _Reader(problems, "library", raw, ("swarm", "swarmPort", "bitswap", "seeders", "viewers"))
+    if not reader.ok:
+        return None
+    swarm = reader.string(
+        "swarm",
+        check=lambda v: None if _SLAVE_NAME.match(v) and len(v) <= 24 else "must be a short name such as 'friends'",
+    )
+    swarm_port = reader.integer("swarmPort", 4001, 1024, 65535)
+    bitswap = _parse_bitswap(problems, reader.raw.get("bitswap"))
+    peers: list[LibraryPeerConfig] = []
+    for role in LIBRARY_ROLES:
+        raw_list = reader.raw.get(f"{role}s")
+        if not isinstance(raw_list, list) or not raw_list:
+            problems.add(
+                f"library.{role}s",
+                f"must be a non-empty list of {role}s (name and kind host or cloud, with their settings)",
+            )
+            continue
+        for index, raw_peer in enumerate(raw_list):
+            peer = _parse_library_peer(problems, role, index, raw_peer)
+            if peer is not None:
+                peers.append(peer)
+    seen: dict[str, str] = {}
+    for peer in peers:
+        if peer.name and peer.name in seen:
+            problems.add(
+                "library",
+                f"two peers are named {peer.name!r} ({seen[peer.name]} and {peer.role}): names name VMs and services",
+            )
+        seen.setdefault(peer.name, peer.role)
+    return LibraryConfig(swarm, swarm_port, bitswap, tuple(peers))
+
+
 def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
     """Build the typed configuration from the `plex-cdn:` settings (namespace stripped); raise ConfigError."""
     problems = _Problems()
@@ -939,6 +1155,7 @@ def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
         pops = [_parse_pop(problems, index, raw) for index, raw in enumerate(raw_pops)]
         _check_topology(problems, pops, origin)
     transcode = _parse_transcode(problems, values.get("transcode"), origin)
+    library = _parse_library(problems, values.get("library"))
     if problems.items:
         raise ConfigError(problems.items)
     warnings = _hub_distance_warnings(origin, pops)
@@ -948,7 +1165,9 @@ def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
             "set it to the name on the server's certificate (Settings > Network shows the *.plex.direct name), "
             "or use link wireguard"
         )
-    return StackConfig(stack, domain, shared_label, acme, origin, admin, nginx, tuple(pops), tuple(warnings), transcode)
+    return StackConfig(
+        stack, domain, shared_label, acme, origin, admin, nginx, tuple(pops), tuple(warnings), transcode, library
+    )
 
 
 def stack_name_from_path(path: Path) -> str:
@@ -979,8 +1198,9 @@ def read_stack_file(path: Path) -> dict[str, object]:
 
 
 def needs_home_ssh_key(config: StackConfig) -> bool:
-    """The origin agent and transcode offload both change machines at home over SSH."""
-    return config.origin.agent is not None or config.transcode is not None
+    """The origin agent, transcode offload and library peers of kind host change machines over SSH."""
+    host_peers = config.library is not None and any(peer.kind == "host" for peer in config.library.peers)
+    return config.origin.agent is not None or config.transcode is not None or host_peers
 
 
 def load_stack_file(path: Path) -> StackConfig:

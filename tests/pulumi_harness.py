@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from pulumi.runtime.mocks import MockMonitor
 
@@ -51,6 +53,18 @@ def _fake_value(name: str, length: int = 32) -> bytes:
     return hashlib.sha256(name.encode()).digest()[:length]
 
 
+def _real_ed25519(name: str) -> dict[str, str]:
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(_fake_value(name))
+    return {
+        "privateKeyPem": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "publicKeyPem": key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode(),
+    }
+
+
 class ProgramMocks(pulumi.runtime.Mocks):
     """Plausible outputs for the resources plex-cdn makes; every address comes from documentation ranges."""
 
@@ -69,6 +83,10 @@ class ProgramMocks(pulumi.runtime.Mocks):
         if typ == "linode:index/instance:Instance":
             outputs.update(ipv4s=[f"203.0.113.{n}"], ipv6=f"2001:db8:1::{n:x}/128")
             return str(2000 + n), outputs
+        if typ == "tls:index/privateKey:PrivateKey" and args.name.endswith("-identity"):
+            # A library peer's identity: real Ed25519, since its peer ID and IPNS name are computed from it.
+            outputs.update(_real_ed25519(args.name))
+            return f"{args.name}-id", outputs
         if typ == "tls:index/privateKey:PrivateKey":
             body = f"mock-{args.name}"
             outputs.update(
@@ -84,6 +102,7 @@ class ProgramMocks(pulumi.runtime.Mocks):
             )
         if typ == "random:index/randomBytes:RandomBytes":
             outputs["base64"] = base64.b64encode(_fake_value(args.name)).decode()
+            outputs["hex"] = _fake_value(args.name).hex()
         if typ == "aws:iam/accessKey:AccessKey":
             outputs["secret"] = "mock-secret-" + _fake_value(args.name, 8).hex()
             return "AKIAMOCK" + _fake_value(args.name, 6).hex().upper(), outputs

@@ -441,7 +441,7 @@ def as_root(script: str, user: str) -> str:
     line = f"/bin/bash -c {shlex.quote(script)}"
     command = line if user == "root" else f"sudo -n {line}"
     if len(command.encode()) > MAX_COMMAND_BYTES:
-        raise ValueError(f"a transcode set-up command is {len(command.encode())} bytes, over {MAX_COMMAND_BYTES}")
+        raise ValueError(f"a set-up command is {len(command.encode())} bytes, over {MAX_COMMAND_BYTES}")
     return command
 
 

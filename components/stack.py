@@ -87,7 +87,7 @@ def build_stack(
     origin agent and transcode offload, and to the host transcode slaves."""
     if needs_home_ssh_key(config) and home_ssh_key is None:
         raise ValueError(
-            f"{NAMESPACE}:{HOME_SSH_KEY} is needed: the SSH key for the machines the stack manages at home"
+            f"{NAMESPACE}:{HOME_SSH_KEY} is needed: the SSH key for the machines the stack manages but does not create"
         )
     zone_id = aws.route53.get_zone_output(name=config.domain, private_zone=False).zone_id
     keys = StackKeys(

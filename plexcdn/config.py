@@ -1210,9 +1210,9 @@ def load_stack_file(path: Path) -> StackConfig:
     )
     if needs_home_ssh_key(config) and HOME_SSH_KEY not in settings:
         warning = (
-            f"{NAMESPACE}:{HOME_SSH_KEY} is not set: `pulumi up` needs the SSH key it logs in to the Plex server "
-            f"(and any host slaves) with; set it with `pulumi config set --secret {NAMESPACE}:{HOME_SSH_KEY} "
-            "< ~/.ssh/id_ed25519`"
+            f"{NAMESPACE}:{HOME_SSH_KEY} is not set: `pulumi up` needs the SSH key it logs in with to the machines "
+            "it does not create (the Plex server, host transcode slaves, library peers of kind host); set it with "
+            f"`pulumi config set --secret {NAMESPACE}:{HOME_SSH_KEY} < ~/.ssh/id_ed25519`"
         )
         config = dataclasses.replace(config, warnings=(*config.warnings, warning))
     return config

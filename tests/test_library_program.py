@@ -265,3 +265,13 @@ def test_outputs_name_each_seeders_ipns_name_and_each_viewers_library_folder(swa
     assert set(resolved["ipns"]) == {"alice"}, "only seeders publish"
     assert config.library.peer("carol").library_path("alice") == "/mnt/plex-cdn-library/alice"
     assert render.IPFS_USER in script(monitor, "carol")
+
+
+def test_host_peers_without_the_ssh_key_are_refused_before_anything_is_made(tmp_path: Path) -> None:
+    config = config_from(library_values())
+    _, monitor = install_mocks(config.stack)
+    from components.stack import build_stack
+
+    with pytest.raises(ValueError, match="homeSshKey"):
+        build_stack(config, tmp_path)
+    assert not monitor.registrations

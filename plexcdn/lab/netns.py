@@ -143,6 +143,36 @@ class Lab:
         self.links.append(veth)
         return veth
 
+    def switch(self, switch_role: str, roles: Sequence[str], subnet: str) -> dict[str, ipaddress.IPv4Address]:
+        """Join namespaces on one segment: a bridge in the namespace `switch_role` and a veth from each role
+        to it, with consecutive host addresses of `subnet`; returns each role's address. Every member then
+        reaches every other at one address, as hosts on the internet do."""
+        network = ipaddress.ip_network(subnet)
+        if not network.subnet_of(LAB_RANGE):  # type: ignore[arg-type]
+            raise LabError(f"lab subnet {subnet} is outside the benchmarking range {LAB_RANGE}")
+        hosts = list(network.hosts())
+        if len(hosts) < len(roles):
+            raise LabError(f"lab subnet {subnet} has fewer than {len(roles)} addresses")
+        switch = self.ns(switch_role)
+        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", switch, "link", "set", "br0", "up")
+        addresses: dict[str, ipaddress.IPv4Address] = {}
+        for role, address in zip(roles, hosts, strict=False):
+            index = len(self.links)
+            port_if, role_if = f"s{index}{role[:6]}", f"v{index}{switch_role[:5]}"
+            tmp_a, tmp_b = f"{self.prefix[:6]}{index}a", f"{self.prefix[:6]}{index}b"
+            _ip("link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
+            _ip("link", "set", tmp_a, "netns", switch, "name", port_if)
+            _ip("link", "set", tmp_b, "netns", self.ns(role), "name", role_if)
+            _ip("-n", switch, "link", "set", port_if, "master", "br0", "up")
+            _ip("-n", self.ns(role), "addr", "add", f"{address}/{network.prefixlen}", "dev", role_if)
+            _ip("-n", self.ns(role), "link", "set", role_if, "up")
+            self.links.append(
+                VethLink(switch, self.ns(role), port_if, role_if, address, address, network.prefixlen)  # type: ignore[arg-type]
+            )
+            addresses[role] = address  # type: ignore[assignment]
+        return addresses
+
     def route(self, role: str, destination: str, via: ipaddress.IPv4Address) -> None:
         _ip("-n", self.ns(role), "route", "add", destination, "via", str(via))
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from plexcdn.config import LibraryConfig, LibraryPeerConfig, StackConfig
 from plexcdn.library import keys, kubo, warmer, watcher
 from plexcdn.transcode.render import HEREDOC_END, as_root, render_template
@@ -291,9 +294,6 @@ def placeholder_members(config: StackConfig) -> list[Member]:
 
 def placeholder_key(index: int) -> str:
     """A fixed Ed25519 key for renders and tests, so that output is stable; never used by a stack."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
     seed = hashlib.sha256(f"plex-cdn placeholder peer {index}".encode()).digest()
     key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
     return key.private_bytes(

@@ -27,15 +27,15 @@ IPFS_USER: Final = "plexcdn-ipfs"
 # kubo's filestore (seeders add media in place, not copied) takes only files below the repository's parent
 # directory: with the repository at the top level, a media folder anywhere qualifies.
 IPFS_PATH: Final = "/plexcdn-ipfs"
-CONFIG_DIR: Final = "/etc/plexcdn/library"
-PROGRAM_DIR: Final = "/opt/plexcdn/library"
+CONFIG_DIR: Final = "/etc/plex-cdn/library"
+PROGRAM_DIR: Final = "/opt/plex-cdn/library"
 IPFS_BINARY: Final = "/usr/local/bin/ipfs"
 MFS_ROOT: Final = "/plexcdn-library"
 FIREWALL_TABLE: Final = "plexcdn_library"
 FIREWALL_PATH: Final = f"{CONFIG_DIR}/firewall.nft"
 PLEX_PREFERENCES: Final = "/var/lib/plexmediaserver/Library/Application Support/Plex Media Server/Preferences.xml"
 PLEX_TOKEN_FILE: Final = f"{CONFIG_DIR}/plex-token"
-WATCHER_STATE: Final = "/var/lib/plexcdn-library/watcher-state.json"
+WATCHER_STATE: Final = "/var/lib/plex-cdn/library/watcher-state.json"
 UNIT_IPFS: Final = "plexcdn-ipfs"
 UNIT_WATCHER: Final = "plexcdn-library-watcher"
 UNIT_WARMER: Final = "plexcdn-library-warmer"
@@ -206,6 +206,7 @@ def install_script(
         else {},
         "plex_preferences": PLEX_PREFERENCES,
         "plex_token_file": PLEX_TOKEN_FILE,
+        "watcher_state_dir": posixpath.dirname(WATCHER_STATE),
         "heredoc_end": HEREDOC_END,
     }
     return as_root(render_template("library/install.sh.j2", **context), "root" if cloud else peer.user)

@@ -1,7 +1,8 @@
 #!/usr/bin/python3 -I
 """Fetches the rest of what Plex is playing from a friend's library into the local IPFS cache.
 
-One file, standard library only: it is copied onto a viewer and run by systemd as
+One file, standard library only (its kubo RPC client is the other service's, repeated on purpose: each file
+is installed alone, on peers of a different role): it is copied onto a viewer and run by systemd as
 
   python3 warmer.py --config /etc/plex-cdn/library/warmer.json [--verbose]
 

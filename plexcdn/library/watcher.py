@@ -1,7 +1,8 @@
 #!/usr/bin/python3 -I
 """Adds a seeder's media folder to IPFS through MFS and publishes it under the seeder's IPNS name.
 
-One file, standard library only: it is copied onto the seeder and run by systemd as
+One file, standard library only (its kubo RPC client is the other service's, repeated on purpose: each file
+is installed alone, on peers of a different role): it is copied onto the seeder and run by systemd as
 
   python3 watcher.py --config /etc/plex-cdn/library/watcher.json [--once] [--verbose]
 
@@ -20,7 +21,7 @@ Configuration (JSON object; every key optional):
   settle_s           how long a file must stay unchanged            60
   ipns_key           kubo key to publish under                      "self"
   extensions         file endings to share (any case), null: all    null
-  state_file         what has been added, kept across restarts      "/var/lib/plex-cdn/watcher-state.json"
+  state_file         what has been added, kept across restarts      "/var/lib/plex-cdn/library/watcher-state.json"
   nocopy             add through kubo's filestore (no second copy)  false
   max_adds_per_scan  files added per scan before publishing         16
   publish_lifetime   IPNS record lifetime                           "48h"
@@ -92,7 +93,7 @@ class WatcherConfig:
     settle_s: float = 60.0
     ipns_key: str = "self"
     extensions: tuple[str, ...] | None = None
-    state_file: str = "/var/lib/plex-cdn/watcher-state.json"
+    state_file: str = "/var/lib/plex-cdn/library/watcher-state.json"
     nocopy: bool = False
     max_adds_per_scan: int = 16
     publish_lifetime: str = "48h"

@@ -38,6 +38,11 @@ def _validate(args: argparse.Namespace) -> int:
             f"{place.pop.name:<12} {place.role:<4} {config.pop_name(place.pop.name):<32} "
             f"{place.pop.provider}/{place.pop.region} ({region.city}, latency region {region.aws_region})  {route}"
         )
+    if config.library is not None:
+        for peer in config.library.peers:
+            where = f"{peer.provider}/{peer.region}" if peer.kind == "cloud" else f"{peer.user}@{peer.host}"
+            what = peer.media_dir if peer.role == "seeder" else peer.mount_dir
+            print(f"library {peer.name:<12} {peer.role:<6} {where:<32} {what}")
     cost = estimate(config)
     print(f"estimated monthly cost: ${cost.total_usd:.2f} (prices as of {cost.prices_as_of})")
     print(f"{args.stack_file}: valid")

@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from plexcdn.config import ConfigError, StackConfig, load_stack_file, needs_home_ssh_key
 from plexcdn.library import keys, kubo, render
-from tests.conftest import EXAMPLE_STACK, config_from, example_values
+from tests.conftest import EXAMPLE_STACK, config_from, example_values, write_stack
 from tests.library_fixtures import library_values
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "kubo-config.schema.json").read_text())
@@ -258,3 +259,26 @@ def test_the_rendered_service_configs_are_what_the_services_accept(config: Stack
     assert warmer.map_to_ipfs("/mnt/plex-cdn-library/alice/Movies/a.mkv", warming.mounts) == (
         "/ipns/k51example/Movies/a.mkv"
     )
+
+
+def test_offline_validation_lists_the_peers_and_asks_for_the_ssh_key(tmp_path: Path) -> None:
+    path = write_stack(tmp_path / "Pulumi.lib.yaml", library_values())
+    result = subprocess.run(
+        [sys.executable, "-m", "plexcdn", "validate", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^library alice +seeder admin@203\.0\.113\.10 +/srv/media$", result.stdout, re.MULTILINE)
+    assert re.search(r"^library tokyo +viewer linode/ap-northeast +/mnt/plex-cdn-library$", result.stdout, re.M)
+    assert "plex-cdn:homeSshKey is not set" in result.stderr and "library peers of kind host" in result.stderr
+
+
+def test_offline_validation_names_a_bad_library_setting_without_a_traceback(tmp_path: Path) -> None:
+    values = library_values()
+    values["library"]["viewers"][1]["size"] = "huge"
+    path = write_stack(tmp_path / "Pulumi.lib.yaml", values)
+    result = subprocess.run(
+        [sys.executable, "-m", "plexcdn", "validate", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "error: library.viewers[1].size: 'huge' is not a linode size" in result.stderr
+    assert "Traceback" not in result.stderr

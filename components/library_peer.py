@@ -60,7 +60,8 @@ class LibraryPeer(pulumi.ComponentResource):
 
         if peer.kind == "cloud":
             user = "root"
-            user_data = args.deploy_public_key.apply(lambda key: render.cloud_init(config, peer.name, key))
+            # Not secret in itself, but the policy pack holds every VM's user_data secret, and so does every VM here.
+            user_data = secret(args.deploy_public_key.apply(lambda key: render.cloud_init(config, peer.name, key)))
             swarm_sources = args.members.apply(lambda members: _swarm_sources(members, peer.name))
             vm = create_vm(
                 VmSpec(

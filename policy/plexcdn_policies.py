@@ -228,13 +228,14 @@ def validate_ssh_not_open_to_world(args: ResourceValidationArgs, report_violatio
 _VM_SIZES: Final = {DROPLET: ("digitalocean", "size", "size"), LINODE_INSTANCE: ("linode", "type", "type")}
 
 
-# Transcode slaves are VMs of their own kind: no certificates, and sizes chosen for CPU, not for relaying.
-TRANSCODE_SLAVE_TAG: Final = "plex-cdn-transcode"
+# Transcode slaves and library peers are VMs of their own kinds: no certificates, and sizes chosen for CPU or
+# disk, not for relaying.
+NON_POP_TAGS: Final = ("plex-cdn-transcode", "plex-cdn-library")
 
 
 def is_pop_vm(resource_type: str, props: Mapping[str, Any]) -> bool:
     tags = props.get("tags") or []
-    return resource_type in _VM_SIZES and TRANSCODE_SLAVE_TAG not in tags
+    return resource_type in _VM_SIZES and not any(tag in tags for tag in NON_POP_TAGS)
 
 
 def cost_problem(resource_type: str, props: Mapping[str, Any], price_lookup: PriceLookup, ceiling: float) -> str | None:

@@ -34,9 +34,10 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from plexcdn import config as plexcdn_config
 from plexcdn import regions
-from plexcdn.config import StackConfig, load_stack_file
+from plexcdn.config import StackConfig, load_stack_file, needs_home_ssh_key
 from policy import plexcdn_policies as policies
-from tests.conftest import ROOT
+from tests.conftest import ROOT, config_from
+from tests.library_fixtures import library_values
 from tests.pulumi_harness import SECRET_SIG, SECRET_SIG_KEY, RecordingMonitor, install_mocks
 
 UNKNOWN = UNKNOWN_STRING_VALUE
@@ -489,12 +490,13 @@ def test_the_analyzer_remediates_plain_user_data_into_a_secret() -> None:
 def program_registrations(config: StackConfig, build_dir: Path) -> RecordingMonitor:
     """Every resource the program registers for `config`, recorded as the engine receives it (mock engine)."""
     _, monitor = install_mocks(config.stack)
+    home_key = pulumi.Output.secret("-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n")
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def program() -> None:
         from components.stack import build_stack
 
-        build_stack(config, build_dir)
+        build_stack(config, build_dir, home_key if needs_home_ssh_key(config) else None)
 
     program()
     return monitor
@@ -521,6 +523,20 @@ def test_the_example_stacks_pass_every_policy(stack_file: str, tmp_path: Path) -
         policies.LINODE_FIREWALL,
     } <= checked
     assert {policies.REMOTE_COMMAND, policies.COPY_TO_REMOTE} <= checked
+
+
+def test_a_stack_with_a_library_swarm_passes_every_policy(tmp_path: Path) -> None:
+    config = config_from(library_values())
+    monitor = program_registrations(config, tmp_path)
+    service = analyzer(config.stack)
+    library = [r for r in monitor.registrations if r.name.startswith("library")]
+    assert {r.type for r in library} >= {policies.LINODE_INSTANCE, policies.LINODE_FIREWALL, policies.REMOTE_COMMAND}
+    for registration in library:
+        request = analyze_request(
+            registration.type, registration.name, registration.inputs, registration.ignore_changes
+        )
+        assert [d.policyName for d in analyze(service, request).diagnostics] == [], registration.name
+        assert list(remediate(service, request).remediations) == [], f"{registration.name} has a plain secret input"
 
 
 def test_the_policies_catch_a_broken_program(tmp_path: Path) -> None:
@@ -634,8 +650,9 @@ def test_the_pack_starts_and_answers_the_engine_over_grpc(running_pack: int) -> 
         assert 'linode Firewall "asia-firewall": inbounds[0].ipv6s' in response.diagnostics[0].message
 
 
-def test_pop_rules_leave_transcode_slaves_alone() -> None:
-    slave = {"size": "c-4", "tags": ["plex-cdn", "plex-cdn-dev", "plex-cdn-transcode"], "userData": "#cloud-config\n"}
+@pytest.mark.parametrize("kind_tag", ["plex-cdn-transcode", "plex-cdn-library"])
+def test_pop_rules_leave_transcode_slaves_and_library_peers_alone(kind_tag: str) -> None:
+    slave = {"size": "c-4", "tags": ["plex-cdn", "plex-cdn-dev", kind_tag], "userData": "#cloud-config\n"}
     pop = {**slave, "tags": ["plex-cdn", "plex-cdn-dev", "plex-cdn-hub"]}
     lookup = policies.regions_price_lookup()
     assert policies.cost_problem(policies.DROPLET, slave, lookup, 24) is None

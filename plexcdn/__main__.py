@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = commands.add_parser(
         "bench", help="WAN benchmark: direct vs. naive relay vs. plex-cdn over emulated links (root)"
     )
-    bench.add_argument("--short", action="store_true", help="fewer and shorter runs (under 5 minutes)")
+    bench.add_argument("--short", action="store_true", help="fewer and shorter runs (about 6 minutes)")
     bench.add_argument("--stack", help="the stack whose POP configs are measured (default: Pulumi.dev.yaml)")
     bench.add_argument("--out", help="where latest.json, latest.md and latest.png go (default: bench/results)")
     bench.set_defaults(handler=_bench)

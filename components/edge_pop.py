@@ -10,14 +10,12 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
+from components.connections import to_new_vm
 from components.outputs import secret
 from components.pki import CertificateAuthority, IssuedCertificate, issue
 from components.vm import WORLD, FirewallRule, VmSpec, create_vm
 from plexcdn import render, topology
 from plexcdn.config import StackConfig
-
-SSH_DIAL_ATTEMPTS = 60  # a fresh VM needs a minute or more before its SSH answers
-SSH_DIAL_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
@@ -85,13 +83,7 @@ class EdgePop(pulumi.ComponentResource):
             parent=self,
         )
         self.ipv4, self.ipv6, self.vm_id = vm.ipv4, vm.ipv6, vm.id
-        self.connection = command.remote.ConnectionArgs(
-            host=vm.ipv4,
-            user="root",
-            private_key=args.deploy_private_key,
-            dial_error_limit=SSH_DIAL_ATTEMPTS,
-            per_dial_timeout=SSH_DIAL_TIMEOUT_S,
-        )
+        self.connection = to_new_vm(vm.ipv4, args.deploy_private_key)
 
         # The one client certificate this POP shows upstream: to its upstream POP, or to the origin agent.
         upstream = render.upstream_of(config, args.pop, render.placeholder_addresses(config))

@@ -16,15 +16,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
+from components.connections import to_existing_host, to_new_vm
 from components.library_swarm import PeerKeys
 from components.outputs import secret
 from components.vm import FirewallRule, VmSpec, create_vm
 from plexcdn.config import StackConfig
 from plexcdn.library import keys, render
-
-CLOUD_DIAL_ATTEMPTS = 60  # a fresh VM needs a minute or more before its SSH answers
-HOST_DIAL_ATTEMPTS = 3  # a friend's machine is up or it is not: fail soon with ssh's reason
-SSH_DIAL_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
@@ -89,13 +86,7 @@ class LibraryPeer(pulumi.ComponentResource):
                     tuple(s for s in (f"{values[1]}/32", f"{values[2]}/128" if values[2] else "") if s),
                 )
             )
-            connection = command.remote.ConnectionArgs(
-                host=vm.ipv4,
-                user=user,
-                private_key=args.deploy_private_key,
-                dial_error_limit=CLOUD_DIAL_ATTEMPTS,
-                per_dial_timeout=SSH_DIAL_TIMEOUT_S,
-            )
+            connection = to_new_vm(vm.ipv4, args.deploy_private_key)
         else:
             user = peer.user
             address = pulumi.Output.from_input(peer.host)
@@ -103,14 +94,7 @@ class LibraryPeer(pulumi.ComponentResource):
                 lambda peer_id: render.Member(peer.name, peer_id, peer.host, peer.swarm_cidrs)
             )
             assert args.ssh_private_key is not None
-            connection = command.remote.ConnectionArgs(
-                host=peer.host,
-                port=peer.port,
-                user=user,
-                private_key=args.ssh_private_key,
-                dial_error_limit=HOST_DIAL_ATTEMPTS,
-                per_dial_timeout=SSH_DIAL_TIMEOUT_S,
-            )
+            connection = to_existing_host(peer.host, peer.port, user, args.ssh_private_key)
 
         cloud = peer.kind == "cloud"
 

@@ -11,6 +11,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
+from components.connections import to_existing_host
 from components.outputs import secret
 from components.pki import IssuedCertificate
 from plexcdn import agent, render, wireguard
@@ -104,17 +105,13 @@ class OriginLink(pulumi.ComponentResource):
     ) -> pulumi.Output[str]:
         settings = agent.require_agent(config)
         assert args.agent_certificate is not None and args.origin_ca_pem is not None
+        assert args.origin_ssh_key is not None
         install = pulumi.Output.all(args.agent_certificate.cert_pem, args.origin_ca_pem, hub_addresses).apply(
             lambda values: agent.install_script(config, agent.AgentCertificates(values[0], values[1]), values[2])
         )
         command.remote.Command(
             f"{name}-agent",
-            connection=command.remote.ConnectionArgs(
-                host=settings.ssh_host,
-                port=settings.ssh_port,
-                user=settings.ssh_user,
-                private_key=args.origin_ssh_key,
-            ),
+            connection=to_existing_host(settings.ssh_host, settings.ssh_port, settings.ssh_user, args.origin_ssh_key),
             create=install,
             delete=agent.uninstall_script(),
             stdin=args.agent_certificate.private_key_pem,

@@ -15,15 +15,12 @@ import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
+from components.connections import to_existing_host, to_new_vm
 from components.outputs import secret
 from components.vm import WORLD, FirewallRule, VmSpec, create_vm
 from plexcdn import wireguard
 from plexcdn.config import StackConfig
 from plexcdn.transcode import render
-
-CLOUD_DIAL_ATTEMPTS = 60  # a fresh VM needs a minute or more before its SSH answers
-HOST_DIAL_ATTEMPTS = 3  # a machine at home is up or it is not: fail soon with ssh's reason
-SSH_DIAL_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
@@ -97,13 +94,7 @@ class TranscodeSlave(pulumi.ComponentResource):
                 parent=self,
             )
             self.public_ipv4 = vm.ipv4
-            connection = command.remote.ConnectionArgs(
-                host=vm.ipv4,
-                user=user,
-                private_key=args.deploy_private_key,
-                dial_error_limit=CLOUD_DIAL_ATTEMPTS,
-                per_dial_timeout=SSH_DIAL_TIMEOUT_S,
-            )
+            connection = to_new_vm(vm.ipv4, args.deploy_private_key)
             private_key = secret(random.RandomBytes(f"{name}-tunnel-key", length=32, opts=child).base64)
             # The public half is no secret: the origin's config names it.
             wireguard_public = pulumi.Output.unsecret(private_key.apply(wireguard.public_key))
@@ -127,14 +118,7 @@ class TranscodeSlave(pulumi.ComponentResource):
             )
         else:
             user = slave.user
-            connection = command.remote.ConnectionArgs(
-                host=slave.host,
-                port=slave.port,
-                user=user,
-                private_key=args.ssh_private_key,
-                dial_error_limit=HOST_DIAL_ATTEMPTS,
-                per_dial_timeout=SSH_DIAL_TIMEOUT_S,
-            )
+            connection = to_existing_host(slave.host, slave.port, user, args.ssh_private_key)
 
         create = pulumi.Output.all(args.dispatch_public_key, args.origin_wireguard_public_key).apply(
             lambda keys: render.as_root(render.slave_setup_script(config, slave.name, keys[0], keys[1]), user)

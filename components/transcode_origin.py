@@ -15,14 +15,12 @@ import pulumi_command as command
 import pulumi_random as random
 import pulumi_tls as tls
 
+from components.connections import to_existing_host
 from components.outputs import secret
 from components.transcode import SlaveEndpoint
 from plexcdn import wireguard
 from plexcdn.config import StackConfig
 from plexcdn.transcode import render
-
-SSH_DIAL_ATTEMPTS = 3
-SSH_DIAL_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
@@ -50,14 +48,7 @@ class TranscodeOrigin(pulumi.ComponentResource):
         super().__init__("plex-cdn:transcode_origin:TranscodeOrigin", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         user = transcode.origin.user
-        connection = command.remote.ConnectionArgs(
-            host=transcode.origin.host,
-            port=transcode.origin.port,
-            user=user,
-            private_key=args.ssh_private_key,
-            dial_error_limit=SSH_DIAL_ATTEMPTS,
-            per_dial_timeout=SSH_DIAL_TIMEOUT_S,
-        )
+        connection = to_existing_host(transcode.origin.host, transcode.origin.port, user, args.ssh_private_key)
 
         dispatch_key = tls.PrivateKey(f"{name}-dispatch-ssh", algorithm="ED25519", opts=child)
         comment = render.dispatch_key_comment(config.stack)

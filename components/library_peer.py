@@ -37,10 +37,6 @@ class LibraryPeerArgs:
     deploy_private_key: pulumi.Output[str]
 
 
-def _swarm_sources(members: Sequence[render.Member], me: str) -> list[str]:
-    return sorted({source for member in members if member.name != me for source in member.sources})
-
-
 class LibraryPeer(pulumi.ComponentResource):
     member: pulumi.Output[render.Member]
     ready: command.remote.Command
@@ -59,7 +55,7 @@ class LibraryPeer(pulumi.ComponentResource):
             user = "root"
             # Not secret in itself, but the policy pack holds every VM's user_data secret, and so does every VM here.
             user_data = secret(args.deploy_public_key.apply(lambda key: render.cloud_init(config, peer.name, key)))
-            swarm_sources = args.members.apply(lambda members: _swarm_sources(members, peer.name))
+            swarm_sources = args.members.apply(lambda members: render.swarm_sources(members, peer.name))
             vm = create_vm(
                 VmSpec(
                     name=name,

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from plexcdn.lab import swarm
-from plexcdn.library.keys import identity, new_private_key_pem, swarm_key_file
+from plexcdn.library.keys import identity, private_key_pem, swarm_key_file
 
 NODE_UNAVAILABLE = swarm.node_unavailable_reason()
 needs_node = pytest.mark.skipif(NODE_UNAVAILABLE is not None, reason=str(NODE_UNAVAILABLE))
 
 
 def test_minimal_kubo_config_uses_kubos_field_names() -> None:
-    peer = identity(new_private_key_pem())
+    peer = identity(private_key_pem())
     bootstrap = [swarm.peer_multiaddr("198.18.40.1", peer.peer_id)]
     config = swarm.minimal_kubo_config(peer, swarm.LISTEN_ALL, bootstrap)
     assert config["Identity"] == {"PeerID": peer.peer_id, "PrivKey": peer.private_key_b64}
@@ -60,7 +60,7 @@ def write_config(path: Path, config: dict[str, object]) -> Path:
 
 @needs_node
 def test_js_libp2p_reads_our_identity_and_refuses_a_mismatched_peer_id(tmp_path: Path) -> None:
-    ours, theirs = identity(new_private_key_pem()), identity(new_private_key_pem())
+    ours, theirs = identity(private_key_pem()), identity(private_key_pem())
     check = swarm.check_identity(write_config(tmp_path / "ok", swarm.minimal_kubo_config(ours, swarm.LISTEN_ALL, [])))
     assert (check.returncode, check.peer_id) == (0, ours.peer_id), check.reason
 
@@ -81,7 +81,7 @@ def test_js_libp2p_reads_our_identity_and_refuses_a_mismatched_peer_id(tmp_path:
     ],
 )
 def test_a_swarm_key_kubo_would_refuse_is_refused(tmp_path: Path, mangle: Callable[[str], str], complaint: str) -> None:
-    peer = identity(new_private_key_pem())
+    peer = identity(private_key_pem())
     config = write_config(tmp_path / "config", swarm.minimal_kubo_config(peer, "/ip4/127.0.0.1/tcp/0", []))
     key = tmp_path / "swarm.key"
     key.write_text(mangle(swarm_key_file(secrets.token_hex(32))))

@@ -39,24 +39,15 @@ def _protobuf_key(raw: bytes) -> bytes:
     return _ED25519_TYPE + b"\x12" + bytes([len(raw)]) + raw
 
 
-def _base58(data: bytes) -> str:
+def _encode(data: bytes, alphabet: str) -> str:
+    """Big-endian base-N as multibase writes it: each leading zero byte becomes the alphabet's zero digit."""
     number = int.from_bytes(data, "big")
     digits = ""
     while number:
-        number, remainder = divmod(number, 58)
-        digits = _BASE58_ALPHABET[remainder] + digits
+        number, remainder = divmod(number, len(alphabet))
+        digits = alphabet[remainder] + digits
     zeros = len(data) - len(data.lstrip(b"\0"))
-    return _BASE58_ALPHABET[0] * zeros + digits
-
-
-def _base36(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    digits = ""
-    while number:
-        number, remainder = divmod(number, 36)
-        digits = _BASE36_ALPHABET[remainder] + digits
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    return "0" * zeros + digits
+    return alphabet[0] * zeros + digits
 
 
 @dataclass(frozen=True)
@@ -83,12 +74,13 @@ def _load_public(public_key_pem: str) -> ed25519.Ed25519PublicKey:
 
 def peer_id(public_key_pem: str) -> str:
     """The peer ID of an Ed25519 public key (PEM), as libp2p prints it (base58btc)."""
-    return _base58(_public_multihash(_load_public(public_key_pem)))
+    return _encode(_public_multihash(_load_public(public_key_pem)), _BASE58_ALPHABET)
 
 
 def ipns_name(public_key_pem: str) -> str:
     """The IPNS name a peer publishes under with its own key, as kubo prints it (CIDv1 libp2p-key, base36)."""
-    return "k" + _base36(_CID_V1 + _LIBP2P_KEY_CODEC + _public_multihash(_load_public(public_key_pem)))
+    cid = _CID_V1 + _LIBP2P_KEY_CODEC + _public_multihash(_load_public(public_key_pem))
+    return "k" + _encode(cid, _BASE36_ALPHABET)
 
 
 def identity(private_key_pem: str) -> PeerIdentity:
@@ -101,12 +93,13 @@ def identity(private_key_pem: str) -> PeerIdentity:
     public_raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     # libp2p marshals an Ed25519 private key as the 32-byte seed followed by the 32-byte public key.
     private_b64 = base64.b64encode(_protobuf_key(seed + public_raw)).decode()
-    return PeerIdentity(_base58(_public_multihash(public)), private_b64)
+    return PeerIdentity(_encode(_public_multihash(public), _BASE58_ALPHABET), private_b64)
 
 
-def new_private_key_pem() -> str:
-    """A fresh Ed25519 key in PKCS#8 PEM, for labs and tests (stacks get theirs from pulumi-tls)."""
-    key = ed25519.Ed25519PrivateKey.generate()
+def private_key_pem(seed: bytes | None = None) -> str:
+    """An Ed25519 key in PKCS#8 PEM, from a 32-byte seed or fresh, for labs and tests (stacks get theirs from
+    pulumi-tls)."""
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(seed) if seed else ed25519.Ed25519PrivateKey.generate()
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()

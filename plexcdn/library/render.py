@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from plexcdn.config import LibraryConfig, LibraryPeerConfig, StackConfig
 from plexcdn.library import keys, kubo, warmer, watcher
 from plexcdn.transcode.render import HEREDOC_END, as_root, render_template
@@ -60,6 +57,11 @@ def multiaddr(member: Member, port: int) -> str:
     except ValueError:
         proto = "dns"
     return f"/{proto}/{member.address}/tcp/{port}"
+
+
+def swarm_sources(members: Sequence[Member], peer_name: str) -> list[str]:
+    """The networks a peer admits to its swarm port: every other peer's."""
+    return sorted({source for member in members if member.name != peer_name for source in member.sources})
 
 
 def _require_library(config: StackConfig) -> LibraryConfig:
@@ -175,7 +177,6 @@ def install_script(
     three lines, then the kubo config (it holds the peer's private key)."""
     library = _require_library(config)
     peer = library.peer(peer_name)
-    sources = sorted({source for member in members if member.name != peer_name for source in member.sources})
     context: dict[str, Any] = {
         "stack": config.stack,
         "library": library,
@@ -191,7 +192,7 @@ def install_script(
         "mfs_root": MFS_ROOT,
         "firewall_path": FIREWALL_PATH,
         "firewall_table": FIREWALL_TABLE,
-        "firewall": firewall_rules(library, sources),
+        "firewall": firewall_rules(library, swarm_sources(members, peer_name)),
         "units": {
             UNIT_IPFS: ipfs_unit(config, peer_name),
             **({UNIT_WATCHER: watcher_unit(config, peer_name)} if peer.role == "seeder" else {}),
@@ -295,8 +296,4 @@ def placeholder_members(config: StackConfig) -> list[Member]:
 
 def placeholder_key(index: int) -> str:
     """A fixed Ed25519 key for renders and tests, so that output is stable; never used by a stack."""
-    seed = hashlib.sha256(f"plex-cdn placeholder peer {index}".encode()).digest()
-    key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    return keys.private_key_pem(hashlib.sha256(f"plex-cdn placeholder peer {index}".encode()).digest())

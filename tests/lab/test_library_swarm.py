@@ -31,7 +31,7 @@ from plexcdn.lab.swarm import (
     swarm_lab_unavailable_reason,
 )
 from plexcdn.library import render
-from plexcdn.library.keys import PeerIdentity, identity, new_private_key_pem, swarm_key_file
+from plexcdn.library.keys import PeerIdentity, identity, private_key_pem, swarm_key_file
 from tests.conftest import config_from, example_values
 
 UNAVAILABLE = swarm_lab_unavailable_reason()
@@ -87,7 +87,7 @@ def swarm() -> Iterator[Swarm]:
     key = swarm_key_file(secrets.token_hex(32))
     other_key = swarm_key_file(secrets.token_hex(32))
     swarm_keys = {"seed": key, "same": key, "other": other_key, "nokey": None, "wrongid": key}
-    identities = {role: identity(new_private_key_pem()) for role in swarm_keys}
+    identities = {role: identity(private_key_pem()) for role in swarm_keys}
     with SwarmLab(PREFIX) as lab:
         addresses = {role: str(address) for role, address in lab.segment(list(swarm_keys)).items()}
         stack = lab_stack(addresses)

@@ -124,6 +124,9 @@ class NginxSettings:
     artwork_cache_mb: int = 512
     upstream_keepalive: int = 32
     max_body_mb: int = 100
+    # Read-ahead per media response on each POP, in memory: it lets one leg keep sending while the next
+    # pauses, where TCP flow control would otherwise stall the whole chain (and BBR's estimate with it).
+    stream_buffer_mb: int = 4
 
 
 @dataclass(frozen=True)
@@ -590,7 +593,7 @@ def _parse_nginx(problems: _Problems, raw: object) -> NginxSettings:
         problems,
         "nginx",
         raw,
-        ("viewerHttp2", "streamTimeoutSeconds", "artworkCacheMb", "upstreamKeepalive", "maxBodyMb"),
+        ("viewerHttp2", "streamTimeoutSeconds", "artworkCacheMb", "upstreamKeepalive", "maxBodyMb", "streamBufferMb"),
     )
     defaults = NginxSettings()
     return NginxSettings(
@@ -599,6 +602,7 @@ def _parse_nginx(problems: _Problems, raw: object) -> NginxSettings:
         artwork_cache_mb=reader.integer("artworkCacheMb", defaults.artwork_cache_mb, 0, 100_000),
         upstream_keepalive=reader.integer("upstreamKeepalive", defaults.upstream_keepalive, 1, 1024),
         max_body_mb=reader.integer("maxBodyMb", defaults.max_body_mb, 1, 10_000),
+        stream_buffer_mb=reader.integer("streamBufferMb", defaults.stream_buffer_mb, 0, 256),
     )
 
 

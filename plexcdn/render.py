@@ -158,7 +158,21 @@ def _pop_context(
         "upstream_label": upstream.label,
         "wireguard": config.origin.link == "wireguard" and place.role == "hub",
         "peer_ca_file": PEER_CA_FILE,
+        "media_prefixes": MEDIA_BODY_PREFIXES,
+        "stream_buffer_count": stream_buffer_count(config),
+        "stream_buffer_kb": STREAM_BUFFER_KB,
     }
+
+
+# Where Plex sends media bodies: file parts (direct play and direct stream) and the transcoders' output.
+# These are read ahead into memory on each POP; everything else (API, event streams) passes unbuffered.
+MEDIA_BODY_PREFIXES: Final = ("/library/parts/", "/video/:/transcode/universal/", "/music/:/transcode/universal/")
+STREAM_BUFFER_KB: Final = 64
+
+
+def stream_buffer_count(config: StackConfig) -> int:
+    """How many `STREAM_BUFFER_KB` buffers make up `nginx.streamBufferMb` (0: media is not buffered)."""
+    return config.nginx.stream_buffer_mb * 1024 // STREAM_BUFFER_KB
 
 
 NGINX_FILES: Final = (

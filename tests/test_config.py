@@ -103,6 +103,8 @@ def test_public_link_to_a_private_origin_is_refused() -> None:
         (("origin", "link"), "vpn", "origin.link"),
         (("origin", "tunnelSubnet"), "8.8.8.0/24", "origin.tunnelSubnet"),
         (("nginx", "viewerHttp2"), "maybe", "nginx.viewerHttp2"),
+        (("nginx", "streamBufferMb"), 1024, "nginx.streamBufferMb"),
+        (("nginx", "streamBufferMb"), -1, "nginx.streamBufferMb"),
     ],
 )
 def test_bad_scalars_name_the_setting(path: tuple[str, ...], value: object, setting: str) -> None:

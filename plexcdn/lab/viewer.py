@@ -3,6 +3,7 @@
     python -m plexcdn.lab.viewer get URL --ca CA [--range A-B] [--header K:V] [--sha256]
     python -m plexcdn.lab.viewer sequence URL --ca CA --count N      # N requests on one connection
     python -m plexcdn.lab.viewer websocket URL --ca CA --idle SECONDS
+    python -m plexcdn.lab.viewer pause URL --ca CA --read BYTES --seconds S   # a player that stops reading
 
 Each prints one JSON object.
 """
@@ -70,6 +71,17 @@ def sequence(url: str, ca: str, count: int, headers: dict[str, str]) -> dict[str
     return {"statuses": statuses}
 
 
+def pause(url: str, ca: str, headers: dict[str, str], read_bytes: int, seconds: float) -> dict[str, Any]:
+    """Read the start of a response, then hold the connection open without reading, as a paused player does."""
+    connection, path = _connection(url, ca)
+    connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    received = len(response.read(read_bytes))
+    time.sleep(seconds)
+    connection.close()
+    return {"status": response.status, "received": received}
+
+
 async def websocket(url: str, ca: str, idle_s: float) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=ca)
     received: list[str] = []
@@ -90,7 +102,7 @@ async def websocket(url: str, ca: str, idle_s: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("get", "sequence", "websocket"):
+    for name in ("get", "sequence", "websocket", "pause"):
         command = commands.add_parser(name)
         command.add_argument("url")
         command.add_argument("--ca", required=True)
@@ -99,12 +111,16 @@ def main() -> None:
     commands.choices["get"].add_argument("--sha256", action="store_true")
     commands.choices["sequence"].add_argument("--count", type=int, default=10)
     commands.choices["websocket"].add_argument("--idle", type=float, default=0)
+    commands.choices["pause"].add_argument("--read", type=int, default=CHUNK)
+    commands.choices["pause"].add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     headers = dict(h.split(":", 1) for h in args.header)
     if args.command == "get":
         if args.range:
             headers["Range"] = f"bytes={args.range}"
         result = get(args.url, args.ca, headers, args.sha256)
+    elif args.command == "pause":
+        result = pause(args.url, args.ca, headers, args.read, min(args.seconds, 120))
     elif args.command == "sequence":
         result = sequence(args.url, args.ca, min(args.count, 1000), headers)
     else:

@@ -68,6 +68,17 @@ def test_rendered_nginx_config_passes_nginx_t(resolver_lab: Lab, tmp_path: Path,
     assert "test is successful" in result.stderr
 
 
+@pytest.mark.parametrize("buffer_mb", [0, 1, 256])
+def test_every_stream_buffer_size_passes_nginx_t(resolver_lab: Lab, tmp_path: Path, buffer_mb: int) -> None:
+    values = example_values()
+    values["nginx"]["streamBufferMb"] = buffer_mb
+    main = _write_pop_tree(config_from(values), "asia", tmp_path)
+    locations = (main.parent / "plexcdn-locations.conf").read_text()
+    assert ("location /library/parts/ {" in locations) == (buffer_mb > 0)
+    result = resolver_lab.run("check", ["nginx", "-t", "-c", str(main)], check=False)
+    assert result.returncode == 0, result.stderr
+
+
 def test_nginx_t_catches_a_broken_config(resolver_lab: Lab, tmp_path: Path) -> None:
     config = config_from(example_values())
     main = _write_pop_tree(config, "asia", tmp_path)

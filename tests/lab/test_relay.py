@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from plexcdn import render
+from plexcdn import render, topology
 from plexcdn.config import load_stack_file, parse_config
 from plexcdn.lab import relay
 from plexcdn.lab.ca import LabCA
@@ -228,3 +228,69 @@ def test_a_config_change_applied_like_the_deploy_keeps_an_open_stream(lab: relay
     assert result["size"] == 6 * 500_000, "the stream ran to its end across the reload"
     lab.render_pop(lab.viewer_pop)
     assert lab.nginx(lab.viewer_pop, "-s", "reload").returncode == 0
+
+
+def _socket_totals(lab: relay.RelayLab, pop: str) -> dict[tuple[str, str], dict[str, int]]:
+    """Every established TCP socket in a POP's namespace, by (local, peer): its queues and byte counters."""
+    lines = lab.lab.run(pop, ["ss", "-Htin", "state", "established"]).stdout.splitlines()
+    sockets: dict[tuple[str, str], dict[str, int]] = {}
+    for head, info in zip(lines[::2], lines[1::2], strict=False):
+        recv_q, send_q, local, peer = head.split()[:4]
+        counters = {k: int(v) for k, v in re.findall(r"\b(bytes_received|bytes_acked):(\d+)", info)}
+        sockets[(local, peer)] = {"recv_q": int(recv_q), "send_q": int(send_q), **counters}
+    return sockets
+
+
+def _held_by_nginx(
+    lab: relay.RelayLab, pop: str, before: dict[tuple[str, str], dict[str, int]], upstream_port: int
+) -> int:
+    """Bytes the POP's nginx has read from its upstream but not yet handed to its downstream's socket,
+    counted over the sockets that moved since `before`."""
+    held = 0
+    for (local, peer), now in _socket_totals(lab, pop).items():
+        old = before.get((local, peer), {})
+        if peer.endswith(f":{upstream_port}"):
+            held += now.get("bytes_received", 0) - old.get("bytes_received", 0) - now["recv_q"]
+        elif local.endswith(f":{render.PEER_PORT}"):
+            held -= now.get("bytes_acked", 0) - old.get("bytes_acked", 0) + now["send_q"]
+    return held
+
+
+@pytest.mark.parametrize("buffer_mb", [2, 0])
+def test_a_paused_viewer_lets_the_hub_read_ahead_exactly_the_stream_buffer(lab: relay.RelayLab, buffer_mb: int) -> None:
+    hub = topology.place(lab.config, lab.viewer_pop).pop.upstream
+    values = example_values()
+    values["nginx"]["streamBufferMb"] = buffer_mb
+    changed = parse_config(values, "dev")
+    for pop in (lab.viewer_pop, hub):
+        lab.render_pop(pop, changed)
+        assert lab.nginx(pop, "-s", "reload").returncode == 0
+    time.sleep(1)  # old workers finish; new ones take the next request
+    before = _socket_totals(lab, hub)
+    argv = [sys.executable, "-m", "plexcdn.lab.viewer", "pause", lab.config.shared_url + relay.MEDIA_PATH]
+    paused = subprocess.Popen(
+        lab.lab.command("client", [*argv, "--ca", str(lab.ca.bundle_path), "--read", "65536", "--seconds", "20"]),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    try:
+        # The chain fills from the viewer back: held grows until the hub stops reading, then stays put.
+        readings = [-1]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            readings.append(_held_by_nginx(lab, hub, before, lab.origin_port))
+            if readings[-1] == readings[-2] and readings[-1] > 0:
+                break
+    finally:
+        paused.kill()
+        paused.wait()
+        for pop in (lab.viewer_pop, hub):
+            lab.render_pop(pop)
+            assert lab.nginx(pop, "-s", "reload").returncode == 0
+    held = readings[-1]
+    if buffer_mb:
+        assert 0.85 * buffer_mb * 2**20 <= held <= 1.1 * buffer_mb * 2**20, readings
+    else:
+        assert held < 128 * 1024, readings

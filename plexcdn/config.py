@@ -531,6 +531,25 @@ def _parse_location(problems: _Problems, raw: object) -> tuple[float, float] | N
 
 
 HUB_DISTANCE_WARNING_KM: Final = 1500
+# Fewer concurrent streams than this fitting their read-ahead into half a POP's memory is worth a warning.
+STREAM_BUFFER_WARNING_STREAMS: Final = 10
+
+
+def _stream_buffer_warnings(nginx: NginxSettings, pops: Sequence[PopConfig]) -> list[str]:
+    """nginx holds up to `streamBufferMb` per media response in memory; a small POP may run out."""
+    if nginx.stream_buffer_mb == 0:
+        return []
+    warnings = []
+    for size in sorted({(pop.provider, pop.size) for pop in pops}):
+        memory_mb = regions.size(*size).memory_gb * 1024
+        streams = int(memory_mb / 2 // nginx.stream_buffer_mb)
+        if streams < STREAM_BUFFER_WARNING_STREAMS:
+            warnings.append(
+                f"nginx.streamBufferMb: {nginx.stream_buffer_mb} MB per stream fills half of a {size[0]} {size[1]} "
+                f"POP's {memory_mb:.0f} MB with {streams} streams; lower it (the default is "
+                f"{NginxSettings().stream_buffer_mb}) or choose a larger size"
+            )
+    return warnings
 
 
 def _hub_distance_warnings(origin: OriginConfig, pops: Sequence[PopConfig]) -> list[str]:
@@ -1162,7 +1181,7 @@ def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
     library = _parse_library(problems, values.get("library"))
     if problems.items:
         raise ConfigError(problems.items)
-    warnings = _hub_distance_warnings(origin, pops)
+    warnings = _hub_distance_warnings(origin, pops) + _stream_buffer_warnings(nginx, pops)
     if origin.link == "public" and origin.verify_name is None and origin.agent is None:
         warnings.append(
             "origin.verifyName is not set: the hub's hop to the Plex server is encrypted but not verified; "

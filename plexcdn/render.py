@@ -138,6 +138,17 @@ def upstream_of(config: StackConfig, pop_name: str, addresses: Mapping[str, str]
     )
 
 
+# Where Plex sends media bodies: file parts (direct play and direct stream) and the transcoders' output.
+# These are read ahead into memory on each POP; everything else (API, event streams) passes unbuffered.
+MEDIA_BODY_PREFIXES: Final = ("/library/parts/", "/video/:/transcode/universal/", "/music/:/transcode/universal/")
+STREAM_BUFFER_KB: Final = 64
+
+
+def stream_buffer_count(config: StackConfig) -> int:
+    """How many `STREAM_BUFFER_KB` buffers make up `nginx.streamBufferMb` (0: media is not buffered)."""
+    return config.nginx.stream_buffer_mb * 1024 // STREAM_BUFFER_KB
+
+
 def _pop_context(
     config: StackConfig, pop_name: str, prefix: str, addresses: Mapping[str, str] | None = None
 ) -> dict[str, object]:
@@ -162,17 +173,6 @@ def _pop_context(
         "stream_buffer_count": stream_buffer_count(config),
         "stream_buffer_kb": STREAM_BUFFER_KB,
     }
-
-
-# Where Plex sends media bodies: file parts (direct play and direct stream) and the transcoders' output.
-# These are read ahead into memory on each POP; everything else (API, event streams) passes unbuffered.
-MEDIA_BODY_PREFIXES: Final = ("/library/parts/", "/video/:/transcode/universal/", "/music/:/transcode/universal/")
-STREAM_BUFFER_KB: Final = 64
-
-
-def stream_buffer_count(config: StackConfig) -> int:
-    """How many `STREAM_BUFFER_KB` buffers make up `nginx.streamBufferMb` (0: media is not buffered)."""
-    return config.nginx.stream_buffer_mb * 1024 // STREAM_BUFFER_KB
 
 
 NGINX_FILES: Final = (

@@ -279,3 +279,12 @@ def test_both_stack_files_are_valid_and_use_their_acme_server() -> None:
     assert (dev.stack, dev.acme.server) == ("dev", "staging")
     assert (prod.stack, prod.acme.server) == ("prod", "production")
     assert dev.shared_name != prod.shared_name
+
+
+def test_a_stream_buffer_too_large_for_a_pops_memory_is_a_warning() -> None:
+    values = example_values()
+    assert not [w for w in parse_config(values, "dev").warnings if w.startswith("nginx.streamBufferMb")]
+    values["nginx"]["streamBufferMb"] = 128
+    warned = [w for w in parse_config(values, "dev").warnings if w.startswith("nginx.streamBufferMb")]
+    # The example's POPs have 1 GB (s-1vcpu-1gb) and 1 GB (g6-nanode-1): four streams in half of it.
+    assert warned and all("with 4 streams" in w for w in warned), warned

@@ -257,7 +257,9 @@ def _held_by_nginx(
 
 
 @pytest.mark.parametrize("buffer_mb", [2, 0])
-def test_a_paused_viewer_lets_the_hub_read_ahead_exactly_the_stream_buffer(lab: relay.RelayLab, buffer_mb: int) -> None:
+def test_a_paused_viewer_lets_the_hub_read_ahead_what_the_stream_buffer_allows(
+    lab: relay.RelayLab, buffer_mb: int
+) -> None:
     hub = topology.place(lab.config, lab.viewer_pop).pop.upstream
     values = example_values()
     values["nginx"]["streamBufferMb"] = buffer_mb

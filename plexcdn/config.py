@@ -540,12 +540,13 @@ def _stream_buffer_warnings(nginx: NginxSettings, pops: Sequence[PopConfig]) -> 
     if nginx.stream_buffer_mb == 0:
         return []
     warnings = []
-    for size in sorted({(pop.provider, pop.size) for pop in pops}):
-        memory_mb = regions.size(*size).memory_gb * 1024
+    sizes = {(pop.provider, pop.size): pop.size_info for pop in pops}
+    for (provider, slug), size in sorted(sizes.items()):
+        memory_mb = size.memory_gb * 1024
         streams = int(memory_mb / 2 // nginx.stream_buffer_mb)
         if streams < STREAM_BUFFER_WARNING_STREAMS:
             warnings.append(
-                f"nginx.streamBufferMb: {nginx.stream_buffer_mb} MB per stream fills half of a {size[0]} {size[1]} "
+                f"nginx.streamBufferMb: {nginx.stream_buffer_mb} MB per stream fills half of a {provider} {slug} "
                 f"POP's {memory_mb:.0f} MB with {streams} streams; lower it (the default is "
                 f"{NginxSettings().stream_buffer_mb}) or choose a larger size"
             )

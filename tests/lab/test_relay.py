@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from plexcdn import render, topology
-from plexcdn.config import load_stack_file, parse_config
+from plexcdn.config import StackConfig, load_stack_file, parse_config
 from plexcdn.lab import relay
 from plexcdn.lab.ca import LabCA
 from plexcdn.lab.netns import existing_namespaces, lab_unavailable_reason
@@ -230,6 +230,15 @@ def test_a_config_change_applied_like_the_deploy_keeps_an_open_stream(lab: relay
     assert lab.nginx(lab.viewer_pop, "-s", "reload").returncode == 0
 
 
+def _redeploy(lab: relay.RelayLab, pops: tuple[str, ...], config: StackConfig | None = None) -> list[int]:
+    """Render the POPs from `config` (default: the lab's) and reload them; the reloads' exit codes."""
+    codes = []
+    for pop in pops:
+        lab.render_pop(pop, config)
+        codes.append(lab.nginx(pop, "-s", "reload").returncode)
+    return codes
+
+
 def _socket_totals(lab: relay.RelayLab, pop: str) -> dict[tuple[str, str], dict[str, int]]:
     """Every established TCP socket in a POP's namespace, by (local, peer): its queues and byte counters."""
     lines = lab.lab.run(pop, ["ss", "-Htin", "state", "established"]).stdout.splitlines()
@@ -263,10 +272,7 @@ def test_a_paused_viewer_lets_the_hub_read_ahead_what_the_stream_buffer_allows(
     hub = topology.place(lab.config, lab.viewer_pop).pop.upstream
     values = example_values()
     values["nginx"]["streamBufferMb"] = buffer_mb
-    changed = parse_config(values, "dev")
-    for pop in (lab.viewer_pop, hub):
-        lab.render_pop(pop, changed)
-        assert lab.nginx(pop, "-s", "reload").returncode == 0
+    assert _redeploy(lab, (lab.viewer_pop, hub), parse_config(values, "dev")) == [0, 0]
     time.sleep(1)  # old workers finish; new ones take the next request
     before = _socket_totals(lab, hub)
     argv = [sys.executable, "-m", "plexcdn.lab.viewer", "pause", lab.config.shared_url + relay.MEDIA_PATH]
@@ -288,9 +294,7 @@ def test_a_paused_viewer_lets_the_hub_read_ahead_what_the_stream_buffer_allows(
     finally:
         paused.kill()
         paused.wait()
-        for pop in (lab.viewer_pop, hub):
-            lab.render_pop(pop)
-            assert lab.nginx(pop, "-s", "reload").returncode == 0
+        assert _redeploy(lab, (lab.viewer_pop, hub)) == [0, 0]
     held = readings[-1]
     if buffer_mb:
         assert 0.85 * buffer_mb * 2**20 <= held <= 1.1 * buffer_mb * 2**20, readings

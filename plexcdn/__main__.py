@@ -1,14 +1,16 @@
 """`python -m plexcdn validate|render ...`: check and render a stack offline, without Pulumi or credentials.
 
-`lab up|down` and `bench` run the rendered configs for real in network namespaces (root).
+`lab ...` and `bench ...` are aliases of `python -m labs ...`: the labs run the rendered configs for real
+in network namespaces and guests (root).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from plexcdn import render, topology
@@ -71,56 +73,22 @@ def _print_problems(error: ConfigError) -> None:
         print(f"error: {problem}", file=sys.stderr)
 
 
-def _run_in_lab(what: str, action: Callable[[], int], cleanup: Callable[[], object] = lambda: None) -> int:
-    """Run a lab command: refuse clearly where namespaces are unavailable, report errors without a traceback."""
-    from plexcdn.lab.netns import LabError, lab_unavailable_reason
+def _labs_alias(argv: Sequence[str]) -> int:
+    """`lab ...` and `bench ...` belong to the labs package, which the product never imports: hand over."""
+    from plexcdn import PROJECT_ROOT
 
-    if (reason := lab_unavailable_reason()) is not None:
-        print(f"error: the {what} {reason}", file=sys.stderr)
-        return 1
-    try:
-        return action()
-    except ConfigError as error:
-        _print_problems(error)
-    except LabError as error:
-        print(f"error: {error}", file=sys.stderr)
-        cleanup()
-    return 1
+    command = [sys.executable, "-m", "labs", *argv]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(command, env=env, check=False).returncode
 
 
-def _lab_up(args: argparse.Namespace) -> int:
-    from plexcdn.lab import relay
-
-    def up() -> int:
-        print(json.dumps(relay.lab_up(Path(args.stack_file), args.media_mb)))
-        return 0
-
-    return _run_in_lab("lab", up, cleanup=relay.down)
-
-
-def _lab_down(args: argparse.Namespace) -> int:
-    from plexcdn.lab import relay
-
-    removed = relay.down()
-    print(f"removed {len(removed)} lab namespaces" + (f": {', '.join(removed)}" if removed else ""))
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from plexcdn.lab import wanbench
-
-    def bench() -> int:
-        stack = Path(args.stack) if args.stack else wanbench.DEFAULT_STACK
-        results = wanbench.run(wanbench.SHORT if args.short else wanbench.FULL, stack)
-        for path in wanbench.write_results(results, Path(args.out) if args.out else wanbench.RESULTS_DIR):
-            print(path)
-        print(wanbench.markdown_report(results))
-        return 0
-
-    return _run_in_lab("benchmark", bench)
+LAB_COMMANDS = ("lab", "bench")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in LAB_COMMANDS:
+        return _labs_alias(arguments)
     parser = argparse.ArgumentParser(prog="python -m plexcdn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a stack file; exit 1 with one line per problem")
@@ -142,22 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a POP's address for its downstreams' upstream (default: TEST-NET placeholders until pulumi up)",
     )
     render_cmd.set_defaults(handler=_render)
-    lab = commands.add_parser("lab", help="run the rendered POP configs for real in network namespaces (root)")
-    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
-    lab_up = lab_commands.add_parser("up", help="build the relay lab; prints one JSON line describing it")
-    lab_up.add_argument("stack_file")
-    lab_up.add_argument("--media-mb", type=int, default=200, help="size of the origin's media file")
-    lab_up.set_defaults(handler=_lab_up)
-    lab_commands.add_parser("down", help="remove the relay lab: namespaces and processes").set_defaults(
-        handler=_lab_down
-    )
-    bench = commands.add_parser(
-        "bench", help="WAN benchmark: direct vs. naive relay vs. plex-cdn over emulated links (root)"
-    )
-    bench.add_argument("--short", action="store_true", help="fewer and shorter runs (about 6 minutes)")
-    bench.add_argument("--stack", help="the stack whose POP configs are measured (default: Pulumi.dev.yaml)")
-    bench.add_argument("--out", help="where latest.json, latest.md and latest.png go (default: bench/results)")
-    bench.set_defaults(handler=_bench)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -31,14 +31,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 # The certificate lab runs the certbot a POP installs (pinned, in a virtualenv of its own).
-.venv/bin/python -m plexcdn.lab.certs venv >/dev/null
+.venv/bin/python -m labs.cert_lab venv >/dev/null
 # The private-swarm lab's js-libp2p peers (kubo itself cannot be installed from the package registries).
 # They need Node.js 20 or newer; Debian 12's own is 18, on which the lab reports why it skips.
 if ! command -v npm >/dev/null && command -v apt-get >/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 if command -v npm >/dev/null; then
-    npm ci --prefix plexcdn/lab/libp2p --no-audit --no-fund --loglevel=error
+    npm ci --prefix labs/libp2p --no-audit --no-fund --loglevel=error
 fi
 
 echo "plex-cdn setup: validating and rendering Pulumi.dev.yaml"

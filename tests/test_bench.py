@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from plexcdn import render, wanbench
+from labs import bench_client, render_lab_template
+from labs import wan_bench as lab_wanbench
+from labs import wan_bench_report as wanbench
+from labs.lab_ca import LabCA
+from labs.plex_standin import BackgroundOrigin, OriginSettings, make_media_file, server_tls_context
+from labs.wan_bench_report import PlayerModel, PlayerSettings, simulate_playback
+from plexcdn import render
 from plexcdn.config import StackConfig
-from plexcdn.lab import bench_client
-from plexcdn.lab import wanbench as lab_wanbench
-from plexcdn.lab.ca import LabCA
-from plexcdn.lab.origin import BackgroundOrigin, OriginSettings, make_media_file, server_tls_context
-from plexcdn.wanbench import PlayerModel, PlayerSettings, simulate_playback
 
 MB = 1_000_000
 # 8 Mbit/s: one megabyte is one second of content, so the expected figures below can be read off.
@@ -198,7 +199,7 @@ def test_seed_template_is_strict_about_its_context(example_config: StackConfig) 
     context = wanbench.seed_context(example_config, "us", "/p", {})
     del context["peer_port"]
     with pytest.raises(Exception, match="peer_port"):
-        render.render_template(wanbench.SEED_TEMPLATE, **context)
+        render_lab_template(wanbench.SEED_TEMPLATE, **context)
 
 
 def test_workers_are_those_auto_gives_on_the_pop_size(example_config: StackConfig) -> None:

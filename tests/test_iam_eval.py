@@ -10,8 +10,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from parliament import analyze_policy_string
 
-from plexcdn import iam, iam_eval
-from plexcdn.iam_eval import PolicyError, Request, evaluate, is_allowed, route53_change_request, route53_request
+from labs import iam_eval
+from labs.iam_eval import PolicyError, Request, evaluate, is_allowed, route53_change_request, route53_request
+from plexcdn import iam
 
 ZONE = "Z0LABZONE"
 NAMES = ("plex-us.example.com", "plex-asia.example.com", "plex.example.com")

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from plexcdn.lab.ca import (
+from labs.lab_ca import (
     CERTBOT_FILES,
     CERTBOT_LINEAGE_DIR_MODE,
     CERTBOT_TOP_DIR_MODE,

@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from plexcdn.lab.ca import LabCA
-from plexcdn.lab.origin import (
+from labs.lab_ca import LabCA
+from labs.plex_standin import (
     ARTWORK_PATH,
     IDENTITY_PATH,
     MEDIA_PATH,
@@ -383,7 +383,7 @@ def test_command_line_origin_over_tls(media: tuple[Path, str], tmp_path: Path) -
     argv = [
         sys.executable,
         "-m",
-        "plexcdn.lab.origin",
+        "labs.plex_standin",
         "--listen",
         "127.0.0.1:0",
         "--media",

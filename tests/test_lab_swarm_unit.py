@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plexcdn.lab import swarm
+from labs import swarm_lab as swarm
 from plexcdn.library.keys import identity, private_key_pem, swarm_key_file
 
 NODE_UNAVAILABLE = swarm.node_unavailable_reason()
@@ -50,7 +50,7 @@ def test_a_missing_node_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_node_modules_say_how_to_install_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(swarm, "LIBP2P_DIR", tmp_path)
     reason = swarm.node_unavailable_reason()
-    assert reason is not None and "npm ci --prefix plexcdn/lab/libp2p" in reason
+    assert reason is not None and "npm ci --prefix labs/libp2p" in reason
 
 
 def write_config(path: Path, config: dict[str, object]) -> Path:

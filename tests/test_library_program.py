@@ -13,11 +13,11 @@ import jsonschema
 import pulumi
 import pytest
 
+from labs.mock_engine import SECRET_SIG, SECRET_SIG_KEY, RecordingMonitor, _real_ed25519, install_mocks
 from plexcdn.config import StackConfig
 from plexcdn.library import keys, render
 from tests.conftest import config_from, example_values
 from tests.library_fixtures import SEEDER_HOST, VIEWER_HOST, VIEWER_NETWORK, library_values
-from tests.pulumi_harness import SECRET_SIG, SECRET_SIG_KEY, RecordingMonitor, _real_ed25519, install_mocks
 
 USER_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nmock-library-user-key\n-----END OPENSSH PRIVATE KEY-----\n"
 SWARM = "plex-cdn:library_swarm:LibrarySwarm"

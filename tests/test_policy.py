@@ -32,13 +32,13 @@ from pulumi_policy.deserialize import deserialize_properties, serialize_properti
 from pulumi_policy.policy import _NotApplicableError, _PolicyAnalyzerServicer
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
+from labs.mock_engine import SECRET_SIG, SECRET_SIG_KEY, RecordingMonitor, install_mocks
 from plexcdn import config as plexcdn_config
 from plexcdn import regions
 from plexcdn.config import StackConfig, load_stack_file, needs_home_ssh_key
 from policy import plexcdn_policies as policies
 from tests.conftest import ROOT, config_from
 from tests.library_fixtures import library_values
-from tests.pulumi_harness import SECRET_SIG, SECRET_SIG_KEY, RecordingMonitor, install_mocks
 
 UNKNOWN = UNKNOWN_STRING_VALUE
 STAGING = policies.ACME_DIRECTORIES["staging"]

@@ -9,10 +9,10 @@ from typing import Any
 import pulumi
 import pytest
 
+from labs.mock_engine import RecordingMonitor, install_mocks
 from plexcdn import iam, render
 from plexcdn.config import StackConfig
 from tests.conftest import config_from, example_values, five_pop_values, wireguard_values
-from tests.pulumi_harness import RecordingMonitor, install_mocks
 
 
 def build(

@@ -1,7 +1,7 @@
 """The certificate lab: the POP's rendered certbot steps against Pebble and moto, issuance through renewal.
 
 Needs root (network namespaces for nginx), Debian's pebble and nginx, and the certbot venv
-(`python -m plexcdn.lab.certs venv`, created on first use when missing).
+(`python -m labs.cert_lab venv`, created on first use when missing).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from plexcdn import iam_eval, render
-from plexcdn.config import StackConfig, load_stack_file
-from plexcdn.lab.certs import (
+from labs import iam_eval
+from labs.cert_lab import (
     CERTBOT_WRITE_FILES,
     CREDENTIALS_PATH,
     DEPLOY_HOOK_PATH,
@@ -42,7 +41,9 @@ from plexcdn.lab.certs import (
     load_certificates,
     route53_endpoint_seen_by_certbot,
 )
-from plexcdn.lab.netns import lab_unavailable_reason
+from labs.netns import lab_unavailable_reason
+from plexcdn import render
+from plexcdn.config import StackConfig, load_stack_file
 
 EXAMPLE_STACK = Path(__file__).resolve().parents[2] / "Pulumi.dev.yaml"
 POP = "us"

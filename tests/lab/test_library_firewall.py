@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from plexcdn.lab.netns import Lab, lab_unavailable_reason
+from labs.netns import Lab, lab_unavailable_reason
 from plexcdn.library import render
 from tests.conftest import config_from
 from tests.library_fixtures import library_values

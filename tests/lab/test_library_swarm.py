@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from plexcdn.config import StackConfig
-from plexcdn.lab.netns import existing_namespaces
-from plexcdn.lab.swarm import (
+from labs.netns import existing_namespaces
+from labs.swarm_lab import (
     FetchOutcome,
     PeerFiles,
     PeerProcess,
@@ -30,6 +29,7 @@ from plexcdn.lab.swarm import (
     check_identity,
     swarm_lab_unavailable_reason,
 )
+from plexcdn.config import StackConfig
 from plexcdn.library import render
 from plexcdn.library.keys import PeerIdentity, identity, private_key_pem, swarm_key_file
 from tests.conftest import config_from, example_values

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from labs.lab_ca import LabCA
+from labs.netns import Lab, lab_unavailable_reason
 from plexcdn import render
 from plexcdn.config import StackConfig
-from plexcdn.lab.ca import LabCA
-from plexcdn.lab.netns import Lab, lab_unavailable_reason
 from tests.conftest import config_from, example_values, five_pop_values, wireguard_values
 
 pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from labs import relay_lab as relay
+from labs.lab_ca import LabCA
+from labs.netns import existing_namespaces, lab_unavailable_reason
 from plexcdn import render, topology
 from plexcdn.config import StackConfig, load_stack_file, parse_config
-from plexcdn.lab import relay
-from plexcdn.lab.ca import LabCA
-from plexcdn.lab.netns import existing_namespaces, lab_unavailable_reason
 from tests.conftest import EXAMPLE_STACK, example_values
 
 pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))
@@ -49,7 +49,7 @@ def lab() -> Iterator[relay.RelayLab]:
 
 def view(lab: relay.RelayLab, command: str, path: str, *options: str, timeout: float = 180) -> dict[str, Any]:
     url = lab.config.shared_url.replace("https://", "wss://" if command == "websocket" else "https://") + path
-    argv = [sys.executable, "-m", "plexcdn.lab.viewer", command, url, "--ca", str(lab.ca.bundle_path), *options]
+    argv = [sys.executable, "-m", "labs.viewer", command, url, "--ca", str(lab.ca.bundle_path), *options]
     result = lab.lab.run("client", argv, timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
@@ -202,7 +202,7 @@ def test_a_config_change_applied_like_the_deploy_keeps_an_open_stream(lab: relay
             [
                 sys.executable,
                 "-m",
-                "plexcdn.lab.viewer",
+                "labs.viewer",
                 "get",
                 f"{lab.config.shared_url}/lab/slow?seconds=6&rate=500000",
                 "--ca",
@@ -275,7 +275,7 @@ def test_a_paused_viewer_lets_the_hub_read_ahead_what_the_stream_buffer_allows(
     assert _redeploy(lab, (lab.viewer_pop, hub), parse_config(values, "dev")) == [0, 0]
     time.sleep(1)  # old workers finish; new ones take the next request
     before = _socket_totals(lab, hub)
-    argv = [sys.executable, "-m", "plexcdn.lab.viewer", "pause", lab.config.shared_url + relay.MEDIA_PATH]
+    argv = [sys.executable, "-m", "labs.viewer", "pause", lab.config.shared_url + relay.MEDIA_PATH]
     paused = subprocess.Popen(
         lab.lab.command("client", [*argv, "--ca", str(lab.ca.bundle_path), "--read", "65536", "--seconds", "20"]),
         stdout=subprocess.PIPE,

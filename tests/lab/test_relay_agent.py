@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from labs import relay_lab as relay
+from labs.lab_ca import LabCA
+from labs.netns import lab_unavailable_reason
 from plexcdn.config import parse_config
-from plexcdn.lab import relay
-from plexcdn.lab.ca import LabCA
-from plexcdn.lab.netns import lab_unavailable_reason
 from tests.conftest import example_values
 from tests.lab.test_relay import headers_seen, view
 

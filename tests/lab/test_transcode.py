@@ -2,7 +2,7 @@
 
 Real ssh (ControlMaster, host-key checking, a forced command), real ffmpeg writing HLS segments into
 the shared transcode directory. The shared storage is one filesystem seen by every namespace at the
-same paths: this kernel has no NFS (see plexcdn.lab.transcode.nfs_unavailable_reason).
+same paths: this kernel has no NFS (see labs.transcode_lab.nfs_unavailable_reason).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
-from plexcdn.lab.netns import lab_unavailable_reason
-from plexcdn.lab.transcode import (
+from labs.netns import lab_unavailable_reason
+from labs.transcode_lab import (
     CLIP_NAME,
     CLIP_SECONDS,
     PLEX_PORT,

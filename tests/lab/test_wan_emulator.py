@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from plexcdn.lab import wan
-from plexcdn.lab.netns import Lab, LabError, existing_namespaces, lab_unavailable_reason
+from labs import wan_emulator as wan
+from labs.netns import Lab, LabError, existing_namespaces, lab_unavailable_reason
 
 needs_lab = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))
 
@@ -347,7 +347,7 @@ def test_tcp_throughput_stays_under_the_cap(lab: Lab, algorithm: str) -> None:
 
 ALLOWANCE_HOLDER = """
 import sys
-from plexcdn.lab import wan
+from labs import wan_emulator as wan
 with wan.congestion_controls_allowed("cubic"):
     print("holding", flush=True)
     sys.stdin.read()
@@ -421,7 +421,7 @@ def _relay_processes(marker: str) -> list[int]:
             continue
         with contextlib.suppress(OSError):
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"plexcdn.lab.wan" in argv and marker.encode() in argv:
+            if b"labs.wan_emulator" in argv and marker.encode() in argv:
                 found.append(int(entry.name))
     return found
 

@@ -6,7 +6,7 @@ What runs, all on this machine:
   used: its botocore ignores AWS_ENDPOINT_URL_ROUTE_53, so it would only ever talk to the real Route53.
 - moto's server on 127.0.0.1 as Route53 and IAM: the hosted zone, the certbot IAM user with the
   stack's policy and its access key. Every request reaches moto's recorder, so the policy can be
-  judged on what certbot really sent (`plexcdn.iam_eval`).
+  judged on what certbot really sent (`labs.iam_eval`).
 - Pebble (Debian's `pebble`) on 127.0.0.1 as the ACME CA, validating DNS-01 for real: its resolver is
   a small DNS server here that answers TXT queries from the records in moto, as Route53's name
   servers would answer them from the zone.
@@ -17,7 +17,7 @@ What runs, all on this machine:
 - the POP's rendered nginx config, in a network namespace (`pcc-pop<id>`, 198.18.96.1) so it can bind
   80/443/8443, reached from a second namespace (`pcc-viewer<id>`, 198.18.96.2) as a viewer would.
 
-`python -m plexcdn.lab.certs venv` prepares the certbot venv; `python -m plexcdn.lab.certs demo`
+`python -m labs.cert_lab venv` prepares the certbot venv; `python -m labs.cert_lab demo`
 runs issuance and a forced renewal and prints what happened.
 """
 
@@ -57,10 +57,10 @@ from cryptography import x509
 from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
+from labs.lab_ca import LabCA
+from labs.netns import Lab, LabError, lab_unavailable_reason
 from plexcdn import iam, render
 from plexcdn.config import StackConfig, load_stack_file
-from plexcdn.lab.ca import LabCA
-from plexcdn.lab.netns import Lab, LabError, lab_unavailable_reason
 
 CERTBOT_VENV_VARIABLE: Final = "PLEXCDN_CERTBOT_VENV"
 CACHE_DIR: Final = Path("/var/cache/plexcdn-lab")
@@ -1078,7 +1078,7 @@ def _serial(certificate: x509.Certificate) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from plexcdn import iam_eval
+    from labs import iam_eval
 
     config = load_stack_file(Path(args.stack_file))
     pop = args.pop or config.pops[0].name
@@ -1138,7 +1138,7 @@ def _venv(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plexcdn.lab.certs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labs.cert_lab", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     venv = commands.add_parser(
         "venv", help=f"create or check the cached certbot venv (${CERTBOT_VENV_VARIABLE} overrides the path)"

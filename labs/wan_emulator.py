@@ -15,7 +15,7 @@ Profiles
 
 Joining namespaces
     `connect(lab, "edge", "hub", "198.18.4.0/30", profile("cloud-backbone"), seed=1)` makes a TUN
-    device in each of the two namespaces of a `plexcdn.lab.netns.Lab`, gives them the first two host
+    device in each of the two namespaces of a `labs.netns.Lab`, gives them the first two host
     addresses of the subnet, starts the relay with `lab.start` (so `Lab.close()` kills it, and deleting
     either namespace does too) and returns a `WanLink` with both addresses. Route further subnets over
     it with `lab.route(role, destination, via=link.b_addr)` as with a veth link.
@@ -46,10 +46,10 @@ Sysctls for the labs
     `set_congestion_control(lab, role, "cubic")` sets it in one namespace, `congestion_control` reads it.
 
 Command line
-    `python -m plexcdn.lab.wan profiles` lists the profiles;
-    `python -m plexcdn.lab.wan ceiling` measures the relay's own maximum TCP throughput (iperf3, no
+    `python -m labs.wan_emulator profiles` lists the profiles;
+    `python -m labs.wan_emulator ceiling` measures the relay's own maximum TCP throughput (iperf3, no
     rate cap, one and four streams) with no delay and with 100 ms RTT, and prints Mbit/s;
-    `python -m plexcdn.lab.wan relay ...` is the relay process itself, started by `connect`.
+    `python -m labs.wan_emulator relay ...` is the relay process itself, started by `connect`.
 
 The relay runs one process per direction (the second forked from the first after both TUN devices
 are open), so the two directions do not share an interpreter lock; each reads packets in batches and
@@ -84,7 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from plexcdn.lab.netns import LAB_RANGE, Lab, LabError, lab_unavailable_reason
+from labs.netns import LAB_RANGE, Lab, LabError, lab_unavailable_reason
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
@@ -107,7 +107,7 @@ MAX_IN_FLIGHT_PACKETS = 100_000
 MIN_QUEUE_MS = 5.0
 MIN_QUEUE_PACKETS = 4
 READY_TIMEOUT_S = 15.0
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -656,7 +656,7 @@ def connect(
     argv = [
         sys.executable,
         "-m",
-        "plexcdn.lab.wan",
+        "labs.wan_emulator",
         "relay",
         "--a-ns",
         a_ns,
@@ -878,7 +878,7 @@ def measure_ceiling(
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plexcdn.lab.wan", description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="python -m labs.wan_emulator", description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("profiles", help="list the link profiles")
     ceiling = commands.add_parser("ceiling", help="measure the relay's maximum TCP throughput (needs root)")

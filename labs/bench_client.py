@@ -1,7 +1,7 @@
 """The WAN benchmark's viewer, run inside the client namespace: one scenario's measurements, as a player
 would make them, printed as one JSON object.
 
-    python -m plexcdn.lab.bench_client URL --ca CA_FILE --plan PLAN_JSON
+    python -m labs.bench_client URL --ca CA_FILE --plan PLAN_JSON
 
 URL is the media file as the viewer reaches it (through its POP, or straight at the Plex server). In
 order: the first startup after the POPs (re)started, fresh sessions' startups, seeks on one open
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from plexcdn.wanbench import PlayerModel, PlayerSettings, rate_key
+from labs.wan_bench_report import PlayerModel, PlayerSettings, rate_key
 
 POLL_S: Final = 0.2
 RECV_SIZE: Final = 256 * 1024
@@ -329,7 +329,7 @@ def run_plan(url: str, ca_file: str, plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plexcdn.lab.bench_client", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labs.bench_client", description=__doc__.split("\n")[0])
     parser.add_argument("url")
     parser.add_argument("--ca", required=True, help="CA bundle the servers' certificates chain to")
     parser.add_argument("--plan", required=True, help="JSON: startups, seeks, throughput_s, playback_s, ...")

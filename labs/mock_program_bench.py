@@ -1,6 +1,6 @@
 """Times the whole Pulumi program under the mock engine for 2, 10 and 50 POPs and prints a table.
 
-Run: .venv/bin/python bench/mock_program.py [--repeat N]
+Run: .venv/bin/python -m labs.mock_program_bench [--repeat N]
 This is a benchmark, not a test: it prints numbers and asserts nothing about them.
 """
 
@@ -20,15 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pulumi
 
+from labs import PROJECT_ROOT
+from labs.mock_engine import install_mocks
 from plexcdn import regions
-from plexcdn.config import StackConfig, parse_config
-from tests.conftest import example_values
-from tests.pulumi_harness import install_mocks
+from plexcdn.config import StackConfig, parse_config, read_stack_file
 
 
 def stack_with(pop_count: int) -> StackConfig:
     """One hub per five POPs, each edge relaying to a hub, regions cycling through both providers."""
-    values: dict[str, Any] = example_values()
+    values: dict[str, Any] = read_stack_file(PROJECT_ROOT / "Pulumi.dev.yaml")
     rows = [(p, r) for p in sorted(regions.PROVIDERS) for r in sorted(regions.PROVIDERS[p].regions)]
     hubs = max(1, pop_count // 5)
     pops = []

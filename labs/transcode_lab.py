@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from plexcdn.lab.netns import Lab, LabError
+from labs.netns import Lab, LabError
 from plexcdn.transcode import dispatcher
 
 PREFIX = "pct-"

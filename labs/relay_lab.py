@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labs import plex_standin as lab_origin
+from labs.lab_ca import LabCA
+from labs.netns import Lab, LabError, remove_namespaces_with_prefix
 from plexcdn import agent, render, topology
 from plexcdn.config import StackConfig, load_stack_file
-from plexcdn.lab import origin as lab_origin
-from plexcdn.lab.ca import LabCA
-from plexcdn.lab.netns import Lab, LabError, remove_namespaces_with_prefix
 
 PREFIX = "pcr-"
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/20")
@@ -249,12 +249,12 @@ def _start_plex(relay: RelayLab, address: str, tls: list[str]) -> None:
     relay.lab.start(
         "origin",
         [
-            *(sys.executable, "-m", "plexcdn.lab.origin"),
+            *(sys.executable, "-m", "labs.plex_standin"),
             *("--listen", f"{address}:{relay.origin_port}", "--media", str(relay.media_file)),
             *("--headers-log", str(relay.headers_log), *tls),
         ],
         log=relay.origin_dir / f"origin-{address}.out",
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
 
 

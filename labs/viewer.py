@@ -1,9 +1,9 @@
 """A viewer for the relay lab, run inside the client namespace: what a Plex client does, measured.
 
-    python -m plexcdn.lab.viewer get URL --ca CA [--range A-B] [--header K:V] [--sha256]
-    python -m plexcdn.lab.viewer sequence URL --ca CA --count N      # N requests on one connection
-    python -m plexcdn.lab.viewer websocket URL --ca CA --idle SECONDS
-    python -m plexcdn.lab.viewer pause URL --ca CA --read BYTES --seconds S   # a player that stops reading
+    python -m labs.viewer get URL --ca CA [--range A-B] [--header K:V] [--sha256]
+    python -m labs.viewer sequence URL --ca CA --count N      # N requests on one connection
+    python -m labs.viewer websocket URL --ca CA --idle SECONDS
+    python -m labs.viewer pause URL --ca CA --read BYTES --seconds S   # a player that stops reading
 
 Each prints one JSON object.
 """

@@ -1,6 +1,6 @@
 """What the dispatcher costs: time to the first HLS segment, through a slave and locally.
 
-    python -m plexcdn.transcode.bench [--runs N]
+    python -m labs.transcode_bench [--runs N]
 
 Needs root: it builds the transcode lab (network namespaces, an sshd per slave). Every path
 transcodes the same clip into 1-second HLS segments; the time runs from starting "Plex Transcoder"
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from plexcdn.lab.netns import lab_unavailable_reason
-from plexcdn.lab.transcode import (
+from labs.netns import lab_unavailable_reason
+from labs.transcode_lab import (
     TranscodeLab,
     first_segment_listed,
     lab_environment,

@@ -1,7 +1,7 @@
 """The WAN benchmark: does the relay beat the direct path, and by how much? (`python -m plexcdn bench`)
 
 One relay lab (the example stack: viewer -> edge -> hub -> origin) is built with emulated WAN links
-(`plexcdn.lab.wan`) instead of veth pairs, plus a direct link from the viewer to the Plex stand-in. The
+(`labs.wan_emulator`) instead of veth pairs, plus a direct link from the viewer to the Plex stand-in. The
 same viewer then fetches the same media three ways, interleaved over several repetitions:
 
 - `direct`: straight to the Plex server over a long-haul ISP path, TLS with the server's own certificate;
@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from plexcdn import PROJECT_ROOT, render, topology, wanbench
+from labs import relay_lab as relay
+from labs import wan_bench_report as wanbench
+from labs import wan_emulator as wan
+from labs.netns import Lab, LabError
+from plexcdn import PROJECT_ROOT, render, topology
 from plexcdn.config import ORIGIN, OriginAgent, StackConfig, load_stack_file
-from plexcdn.lab import relay, wan
-from plexcdn.lab.netns import Lab, LabError
 
 # The pid keeps a benchmark out of the namespaces of tests or a `lab up` running at the same time.
 PREFIX: Final = f"pcb{os.getpid() % 1000}-"
@@ -297,7 +299,7 @@ def build_bench(config: StackConfig, root: Path, lab: Lab, plan: BenchPlan) -> B
     lab.start(
         ORIGIN,
         [
-            *(sys.executable, "-m", "plexcdn.lab.origin", "--quiet"),
+            *(sys.executable, "-m", "labs.plex_standin", "--quiet"),
             *("--listen", f"{direct_address}:{origin.port}", "--media", str(built.media_file)),
             *("--headers-log", str(root / "origin" / "direct-headers.jsonl")),
             *("--tls-cert", str(cert.fullchain), "--tls-key", str(cert.privkey)),
@@ -401,7 +403,7 @@ def measure_legs(bench: Bench, scenario: str, seconds: float) -> dict[str, Any]:
 
 def run_client(bench: Bench, scenario: str, plan: BenchPlan, seed: int) -> dict[str, Any]:
     argv = [
-        *(sys.executable, "-m", "plexcdn.lab.bench_client", bench.url(scenario)),
+        *(sys.executable, "-m", "labs.bench_client", bench.url(scenario)),
         *("--ca", str(bench.relay.ca.bundle_path), "--plan", json.dumps(plan.client_plan(seed))),
     ]
     result = bench.lab.run(

@@ -76,7 +76,7 @@ PUSH_AFTER_MAX_SECONDS: Final = 3600.0
 STATS_FILE_INTERVAL: Final = 0.1
 WEBSOCKET_CLOSE_TIMEOUT: Final = 2.0  # how long a shutdown waits for a client's close frame
 
-_log = logging.getLogger("plexcdn.lab.origin")
+_log = logging.getLogger("labs.plex_standin")
 
 # --- media files ---------------------------------------------------------------------------------
 
@@ -844,7 +844,7 @@ def fetch_stats(url: str, tls: ssl.SSLContext | None = None, timeout: float = 10
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m plexcdn.lab.origin", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labs.plex_standin", description=__doc__.split("\n")[0])
     parser.add_argument("--listen", required=True, help="ADDR:PORT ([v6]:PORT); port 0 picks one")
     parser.add_argument("--media", required=True, type=Path, help="file served at " + MEDIA_PATH)
     parser.add_argument("--headers-log", required=True, type=Path, help="JSON line per request (holds tokens)")

@@ -2,8 +2,8 @@
 arriving into rebuffering, summaries of repetitions, the baseline ("seed") nginx config, the sysctl set a
 POP's cloud-init applies, and the report table.
 
-Nothing here touches the network; `plexcdn.lab.wanbench` runs the scenarios and
-`plexcdn.lab.bench_client` measures inside the client namespace with the player model below.
+Nothing here touches the network; `labs.wan_bench` runs the scenarios and
+`labs.bench_client` measures inside the client namespace with the player model below.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any, Final
 
 import yaml
 
+from labs import render_lab_template
 from plexcdn import agent, render, topology
 from plexcdn.config import StackConfig
 
-SEED_TEMPLATE: Final = "bench/seed-nginx.conf.j2"
+SEED_TEMPLATE: Final = "seed-nginx.conf.j2"
 POP_SYSCTL_PATH: Final = "/etc/sysctl.d/90-plex-cdn.conf"
 SCENARIOS: Final = ("direct", "seed", "plex-cdn", "plex-cdn + origin agent")
 AGENT_SCENARIO: Final = "plex-cdn + origin agent"
@@ -214,7 +215,7 @@ def seed_context(config: StackConfig, pop_name: str, prefix: str, addresses: Map
 def seed_nginx_conf(config: StackConfig, pop_name: str, prefix: str, addresses: Mapping[str, str]) -> str:
     """The baseline's nginx.conf for a POP (one file; it reads the peer CA and client certificate that
     the real config's files leave in the same directory)."""
-    return render.render_template(SEED_TEMPLATE, **seed_context(config, pop_name, prefix, addresses))
+    return render_lab_template(SEED_TEMPLATE, **seed_context(config, pop_name, prefix, addresses))
 
 
 WORKER_PROCESSES_AUTO: Final = "worker_processes auto;"

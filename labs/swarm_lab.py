@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from plexcdn.lab.netns import Lab, LabError, lab_unavailable_reason
+from labs.netns import Lab, LabError, lab_unavailable_reason
 from plexcdn.library.keys import PeerIdentity
 
 LIBP2P_DIR: Final = Path(__file__).resolve().parent / "libp2p"
@@ -35,7 +35,7 @@ SWARM_PORT: Final = 4001
 # lab's own veths.
 LISTEN_ALL: Final = f"/ip4/0.0.0.0/tcp/{SWARM_PORT}"
 MIN_NODE_MAJOR: Final = 20
-NPM_CI_HINT: Final = "npm ci --prefix plexcdn/lab/libp2p"
+NPM_CI_HINT: Final = "npm ci --prefix labs/libp2p"
 # Beyond a peer's own --timeout: node's start-up and the exit after it gives up.
 _EXIT_GRACE_SECONDS: Final = 10.0
 _POLL_SECONDS: Final = 0.05

@@ -1,0 +1,102 @@
+"""`python -m labs ...`: the labs and benchmarks (root: network namespaces and guests).
+
+    python -m labs lab up STACK_FILE        the relay lab: rendered POP configs in namespaces, one JSON line
+    python -m labs lab down
+    python -m labs bench [--short]          the WAN benchmark
+
+`python -m plexcdn lab ...` and `python -m plexcdn bench ...` are aliases of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from labs.netns import LabError, lab_unavailable_reason
+from plexcdn.config import ConfigError
+
+
+def _print_problems(error: ConfigError) -> None:
+    for problem in error.problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+def run_in_lab(what: str, action: Callable[[], int], cleanup: Callable[[], object] = lambda: None) -> int:
+    """Run a lab command: refuse clearly where namespaces are unavailable, report errors without a traceback."""
+    if (reason := lab_unavailable_reason()) is not None:
+        print(f"error: the {what} {reason}", file=sys.stderr)
+        return 1
+    try:
+        return action()
+    except ConfigError as error:
+        _print_problems(error)
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        cleanup()
+    return 1
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    from labs import relay_lab
+
+    def up() -> int:
+        print(json.dumps(relay_lab.lab_up(Path(args.stack_file), args.media_mb)))
+        return 0
+
+    return run_in_lab("lab", up, cleanup=relay_lab.down)
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    from labs import relay_lab
+
+    removed = relay_lab.down()
+    print(f"removed {len(removed)} lab namespaces" + (f": {', '.join(removed)}" if removed else ""))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from labs import wan_bench
+
+    def bench() -> int:
+        stack = Path(args.stack) if args.stack else wan_bench.DEFAULT_STACK
+        results = wan_bench.run(wan_bench.SHORT if args.short else wan_bench.FULL, stack)
+        for path in wan_bench.write_results(results, Path(args.out) if args.out else wan_bench.RESULTS_DIR):
+            print(path)
+        print(wan_bench.markdown_report(results))
+        return 0
+
+    return run_in_lab("benchmark", bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m labs", description=__doc__.split("\n", 1)[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    lab = commands.add_parser("lab", help="run the rendered POP configs for real in network namespaces (root)")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+    lab_up = lab_commands.add_parser("up", help="build the relay lab; prints one JSON line describing it")
+    lab_up.add_argument("stack_file")
+    lab_up.add_argument("--media-mb", type=int, default=200, help="size of the origin's media file")
+    lab_up.set_defaults(handler=_lab_up)
+    lab_commands.add_parser("down", help="remove the relay lab: namespaces and processes").set_defaults(
+        handler=_lab_down
+    )
+    bench = commands.add_parser(
+        "bench", help="WAN benchmark: direct vs. naive relay vs. plex-cdn over emulated links (root)"
+    )
+    bench.add_argument("--short", action="store_true", help="fewer and shorter runs (about 6 minutes)")
+    bench.add_argument("--stack", help="the stack whose POP configs are measured (default: Pulumi.dev.yaml)")
+    bench.add_argument("--out", help="where latest.json, latest.md and latest.png go (default: bench/results)")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

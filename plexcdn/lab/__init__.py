@@ -1,1 +1,0 @@
-"""Labs that run the rendered artifacts for real, in network namespaces on this machine."""

@@ -1,8 +1,9 @@
-"""A POP: the VM with its firewall and first boot (nginx, certbot, sysctl), then its nginx config,
-delivered and reloaded in place over SSH whenever it changes."""
+"""A POP: the VM with its firewall and first boot (nginx, certbot, sysctl), the certbot credentials
+delivered over SSH, then its nginx config, delivered and reloaded in place over SSH whenever it changes."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +11,9 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components.connections import to_new_vm
 from components.outputs import secret
 from components.pki import CertificateAuthority, IssuedCertificate, issue
-from components.vm import WORLD, FirewallRule, VmSpec, create_vm
+from components.vm import WORLD, FirewallRule, VmAccess, VmSpec, create_vm
 from plexcdn import render, topology
 from plexcdn.config import StackConfig
 
@@ -22,10 +22,9 @@ from plexcdn.config import StackConfig
 class EdgePopArgs:
     config: StackConfig
     pop: str
+    access: VmAccess
     certbot_access_key_id: pulumi.Output[str]
     certbot_secret_access_key: pulumi.Output[str]
-    deploy_public_key: pulumi.Output[str]
-    deploy_private_key: pulumi.Output[str]
     peer_ca: CertificateAuthority
     origin_ca: CertificateAuthority | None  # with an origin agent: hubs get a client certificate from it
     upstream_address: pulumi.Output[str] | None  # the upstream POP's IPv4; None for a hub
@@ -63,11 +62,6 @@ class EdgePop(pulumi.ComponentResource):
         super().__init__("plex-cdn:edge_pop:EdgePop", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        user_data = secret(
-            pulumi.Output.all(args.certbot_access_key_id, args.certbot_secret_access_key, args.deploy_public_key).apply(
-                lambda values: render.cloud_init(config, args.pop, render.BootValues(*values))
-            )
-        )
         vm = create_vm(
             VmSpec(
                 name=name,
@@ -75,18 +69,19 @@ class EdgePop(pulumi.ComponentResource):
                 provider=place.pop.provider,
                 region=place.pop.region,
                 size=place.pop.size,
-                user_data=user_data,
-                deploy_public_key=args.deploy_public_key,
+                user_data=lambda identity: render.cloud_init(config, args.pop, identity),
                 firewall_rules=firewall_rules(config, args.pop),
                 tags=["plex-cdn", f"plex-cdn-{config.stack}", f"plex-cdn-{place.role}"],
             ),
+            args.access,
             parent=self,
         )
-        self.ipv4, self.ipv6, self.vm_id = vm.ipv4, vm.ipv6, vm.id
-        self.connection = to_new_vm(vm.ipv4, args.deploy_private_key)
+        self.ipv4, self.ipv6, self.vm_id, self.connection = vm.ipv4, vm.ipv6, vm.id, vm.connection
 
-        # The one client certificate this POP shows upstream: to its upstream POP, or to the origin agent.
+        # The one client certificate this POP shows upstream (to its upstream POP, or to the origin agent), and
+        # the certificate it shows downstream POPs on the peer port.
         upstream = render.upstream_of(config, args.pop, render.placeholder_addresses(config))
+        keys: dict[str, pulumi.Output[str]] = {}
         client: IssuedCertificate | None = None
         if upstream.client_cert_file == render.PEER_CLIENT_CERT_FILE:
             client = issue(f"{name}-peer-client", args.peer_ca, config.pop_name(args.pop), parent=self)
@@ -94,29 +89,66 @@ class EdgePop(pulumi.ComponentResource):
             if args.origin_ca is None:
                 raise ValueError(f"POP {args.pop}: the origin agent needs the stack's origin CA")
             client = issue(f"{name}-origin-client", args.origin_ca, config.pop_name(args.pop), parent=self)
-        client_cert = client.cert_pem if client else pulumi.Output.from_input("")
-        origin_ca_pem = args.origin_ca.cert_pem if args.origin_ca else pulumi.Output.from_input("")
+        if client is not None:
+            keys[upstream.client_key_file] = client.private_key_pem
+        server: IssuedCertificate | None = None
+        if place.downstream:
+            server = issue(
+                f"{name}-peer-server",
+                args.peer_ca,
+                config.pop_name(args.pop),
+                server_names=[config.pop_name(args.pop)],
+                parent=self,
+            )
+            keys[render.PEER_SERVER_KEY_FILE] = server.private_key_pem
+        if tuple(sorted(keys)) != tuple(sorted(render.secret_files(config, args.pop))):
+            raise ValueError(f"POP {args.pop}: its keys {sorted(keys)} are not the ones its deploy reads")
+        empty = pulumi.Output.from_input("")
+        origin_ca_pem = args.origin_ca.cert_pem if args.origin_ca else empty
 
         def write(values: list[str]) -> tuple[str, str]:
-            address, peer_ca_pem, agent_ca_pem, client_cert_pem = values
+            address, peer_ca_pem, agent_ca_pem, client_cert_pem, server_cert_pem = values
             addresses = {place.pop.upstream: address} if address else None
             certificates = render.PeerCertificates(
                 ca_pem=peer_ca_pem,
                 client_cert_pem=client_cert_pem or render.PLACEHOLDER_PEER_CLIENT_CERT,
+                server_cert_pem=server_cert_pem or render.PLACEHOLDER_PEER_SERVER_CERT,
                 origin_ca_pem=agent_ca_pem or render.PLACEHOLDER_ORIGIN_CA,
                 origin_client_cert_pem=client_cert_pem or render.PLACEHOLDER_ORIGIN_CLIENT_CERT,
             )
-            files = render.nginx_files(config, args.pop, addresses=addresses, peer=certificates)
-            release_dir = render.write_release(files, args.build_dir / args.pop)
-            return os.path.relpath(release_dir), render.deploy_nginx_script(config, args.pop, files)
+            release = render.pop_release(config, args.pop, addresses=addresses, peer=certificates)
+            release_dir = render.write_release(release, args.build_dir / args.pop)
+            return os.path.relpath(release_dir), render.deploy_nginx_script(config, args.pop, release)
 
-        upstream_address = args.upstream_address or pulumi.Output.from_input("")
-        release = pulumi.Output.all(upstream_address, args.peer_ca.cert_pem, origin_ca_pem, client_cert).apply(write)
+        release = pulumi.Output.all(
+            args.upstream_address or empty,
+            args.peer_ca.cert_pem,
+            origin_ca_pem,
+            client.cert_pem if client else empty,
+            server.cert_pem if server else empty,
+        ).apply(write)
+
+        # First boot waits for these before it asks for the certificate; a rotated key changes the command.
+        credentials = command.remote.Command(
+            f"{name}-certbot-credentials",
+            connection=self.connection,
+            create=args.certbot_access_key_id.apply(
+                lambda key_id: render.install_credentials_script(config, args.pop, key_id)
+            ),
+            stdin=secret(
+                pulumi.Output.all(args.certbot_access_key_id, args.certbot_secret_access_key).apply(
+                    lambda pair: render.credentials_file(pair[0], pair[1])
+                )
+            ),
+            logging=command.remote.Logging.STDOUT_AND_STDERR,
+            opts=child,
+        )
         boot_wait = command.remote.Command(
             f"{name}-boot-wait",
             connection=self.connection,
-            create=f"cloud-init status --wait >/dev/null; install -d -m 0755 {render.NGINX_RELEASES_DIR}",
-            opts=child,
+            create=render.wait_for_first_boot_script(config, args.pop),
+            logging=command.remote.Logging.STDOUT_AND_STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[credentials]),
         )
         copy = command.remote.CopyToRemote(
             f"{name}-nginx-release",
@@ -129,7 +161,7 @@ class EdgePop(pulumi.ComponentResource):
             f"{name}-nginx-deploy",
             connection=self.connection,
             create=release.apply(lambda pair: pair[1]),
-            stdin=client.private_key_pem if client else None,
+            stdin=secret(pulumi.Output.all(**keys).apply(json.dumps)) if keys else None,
             logging=command.remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]),
         )

@@ -22,6 +22,7 @@ class LatencyDnsArgs:
     aws_region: str
     ipv4: pulumi.Input[str]
     ipv6: pulumi.Input[str]
+    serving: pulumi.Resource  # the POP's deploy: its records wait for it, so DNS never names a POP that cannot serve
 
 
 class LatencyDns(pulumi.ComponentResource):
@@ -29,7 +30,7 @@ class LatencyDns(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LatencyDnsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("plex-cdn:latency_dns:LatencyDns", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = pulumi.ResourceOptions(parent=self, depends_on=[args.serving])
         health = aws.route53.HealthCheck(
             f"{name}-health",
             type="HTTP",

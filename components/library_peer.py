@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
-from components.connections import to_existing_host, to_new_vm
+from components.connections import to_existing_host
 from components.library_swarm import PeerKeys
 from components.outputs import secret
-from components.vm import FirewallRule, VmSpec, create_vm
+from components.vm import FirewallRule, VmAccess, VmSpec, create_vm
 from plexcdn.config import StackConfig
 from plexcdn.library import keys, render
 
@@ -33,8 +33,7 @@ class LibraryPeerArgs:
     members: pulumi.Output[Sequence[render.Member]]  # every peer of the swarm, this one included
     seeder_ipns_names: pulumi.Output[Mapping[str, str]]  # seeder name -> IPNS name
     ssh_private_key: pulumi.Output[str] | None  # plex-cdn:homeSshKey: how `pulumi up` logs in to a host peer
-    deploy_public_key: pulumi.Output[str]  # the stack's deploy key: how it logs in to a cloud peer
-    deploy_private_key: pulumi.Output[str]
+    access: VmAccess  # the stack's deploy key: how it logs in to a cloud peer
 
 
 class LibraryPeer(pulumi.ComponentResource):
@@ -53,8 +52,6 @@ class LibraryPeer(pulumi.ComponentResource):
 
         if peer.kind == "cloud":
             user = "root"
-            # Not secret in itself, but the policy pack holds every VM's user_data secret, and so does every VM here.
-            user_data = secret(args.deploy_public_key.apply(lambda key: render.cloud_init(config, peer.name, key)))
             swarm_sources = args.members.apply(lambda members: render.swarm_sources(members, peer.name))
             vm = create_vm(
                 VmSpec(
@@ -63,14 +60,14 @@ class LibraryPeer(pulumi.ComponentResource):
                     provider=peer.provider,
                     region=peer.region,
                     size=peer.size,
-                    user_data=user_data,
-                    deploy_public_key=args.deploy_public_key,
+                    user_data=lambda identity: render.cloud_init(config, peer.name, identity),
                     firewall_rules=[
                         FirewallRule("tcp", 22, [str(config.admin.cidr)], "ssh-admin"),
                         FirewallRule("tcp", library.swarm_port, swarm_sources, "ipfs-swarm"),
                     ],
                     tags=["plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-library"],
                 ),
+                args.access,
                 parent=self,
             )
             address: pulumi.Output[str] = vm.ipv4
@@ -82,7 +79,7 @@ class LibraryPeer(pulumi.ComponentResource):
                     tuple(s for s in (f"{values[1]}/32", f"{values[2]}/128" if values[2] else "") if s),
                 )
             )
-            connection = to_new_vm(vm.ipv4, args.deploy_private_key)
+            connection = vm.connection
         else:
             user = peer.user
             address = pulumi.Output.from_input(peer.host)
@@ -90,7 +87,7 @@ class LibraryPeer(pulumi.ComponentResource):
                 lambda peer_id: render.Member(peer.name, peer_id, peer.host, peer.swarm_cidrs)
             )
             assert args.ssh_private_key is not None
-            connection = to_existing_host(peer.host, peer.port, user, args.ssh_private_key)
+            connection = to_existing_host(peer.host, peer.port, user, args.ssh_private_key, peer.host_key)
 
         cloud = peer.kind == "cloud"
 

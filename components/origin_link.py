@@ -111,7 +111,9 @@ class OriginLink(pulumi.ComponentResource):
         )
         command.remote.Command(
             f"{name}-agent",
-            connection=to_existing_host(settings.ssh_host, settings.ssh_port, settings.ssh_user, args.origin_ssh_key),
+            connection=to_existing_host(
+                settings.ssh_host, settings.ssh_port, settings.ssh_user, args.origin_ssh_key, settings.ssh_host_key
+            ),
             create=install,
             delete=agent.uninstall_script(),
             stdin=args.agent_certificate.private_key_pem,

@@ -19,6 +19,7 @@ from components.origin_link import Hub, OriginLink, OriginLinkArgs
 from components.stack_keys import StackKeys, StackKeysArgs
 from components.transcode import TranscodeSlave, TranscodeSlaveArgs
 from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
+from components.vm import VmAccess
 from plexcdn import agent, topology
 from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, needs_home_ssh_key
 from plexcdn.cost import estimate
@@ -78,6 +79,16 @@ class StackOutputs:
     library: LibraryOutputs | None = None
 
 
+def vm_providers(config: StackConfig) -> set[str]:
+    """The providers the stack makes VMs on: POPs, cloud transcode slaves, cloud library peers."""
+    providers = {pop.provider for pop in config.pops}
+    if config.transcode is not None:
+        providers |= {slave.provider for slave in config.transcode.cloud_slaves}
+    if config.library is not None:
+        providers |= {peer.provider for peer in config.library.peers if peer.kind == "cloud"}
+    return providers
+
+
 def build_stack(
     config: StackConfig,
     build_dir: Path,
@@ -92,7 +103,17 @@ def build_stack(
     zone_id = aws.route53.get_zone_output(name=config.domain, private_zone=False).zone_id
     keys = StackKeys(
         "keys",
-        StackKeysArgs(stack=config.stack, origin_agent_name=agent.tls_name(config) if config.origin.agent else None),
+        StackKeysArgs(
+            stack=config.stack,
+            origin_agent_name=agent.tls_name(config) if config.origin.agent else None,
+            digitalocean="digitalocean" in vm_providers(config),
+        ),
+    )
+    access = VmAccess(
+        admin_ssh_public_key=config.admin.ssh_public_key,
+        deploy_public_key=keys.deploy_public_key,
+        deploy_private_key=keys.deploy_private_key,
+        digitalocean_ssh_key_fingerprint=keys.digitalocean_ssh_key_fingerprint,
     )
     certbot = CertbotUser(
         "certbot",
@@ -108,10 +129,9 @@ def build_stack(
             EdgePopArgs(
                 config=config,
                 pop=name,
+                access=access,
                 certbot_access_key_id=certbot.access_key_id,
                 certbot_secret_access_key=certbot.secret_access_key,
-                deploy_public_key=keys.deploy_public_key,
-                deploy_private_key=keys.deploy_private_key,
                 peer_ca=keys.peer_ca,
                 origin_ca=keys.origin_ca,
                 upstream_address=upstream.ipv4 if upstream is not None else None,
@@ -129,6 +149,8 @@ def build_stack(
                 aws_region=place.pop.region_info.aws_region,
                 ipv4=pop.ipv4,
                 ipv6=pop.ipv6,
+                # Viewers are sent to a POP only once it serves its config.
+                serving=pop.ready,
             ),
         )
         outputs[name] = PopOutputs(config.pop_name(name), place.role, pop.ipv4, pop.ipv6)
@@ -147,11 +169,11 @@ def build_stack(
         ),
     )
     transcode = (
-        _build_transcode(config, keys, home_ssh_key)
+        _build_transcode(config, access, home_ssh_key)
         if config.transcode is not None and home_ssh_key is not None
         else None
     )
-    library = _build_library(config, keys, home_ssh_key) if config.library is not None else None
+    library = _build_library(config, access, home_ssh_key) if config.library is not None else None
     return StackOutputs(
         shared_url=config.shared_url,
         plex_custom_access_url=config.plex_custom_access_url,
@@ -166,7 +188,7 @@ def build_stack(
     )
 
 
-def _build_transcode(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Output[str]) -> TranscodeOutputs:
+def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output[str]) -> TranscodeOutputs:
     """Slaves first, then the Plex server's side. Each needs something of the other: a slave's mounts need the
     origin's exports and tunnel, which need the cloud slaves' addresses and keys; the origin's dispatcher needs
     every slave set up. Deferred outputs carry the origin's half to the slaves, so every resource still waits
@@ -188,8 +210,7 @@ def _build_transcode(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Outpu
                 config=config,
                 slave=slave.name,
                 ssh_private_key=ssh_key,
-                deploy_public_key=keys.deploy_public_key,
-                deploy_private_key=keys.deploy_private_key,
+                access=access,
                 dispatch_public_key=dispatch_public_key,
                 origin_wireguard_public_key=origin_wireguard_key,
                 origin_ready=origin_ready,
@@ -216,7 +237,7 @@ def _build_transcode(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Outpu
     )
 
 
-def _build_library(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Output[str] | None) -> LibraryOutputs:
+def _build_library(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output[str] | None) -> LibraryOutputs:
     """The swarm's keys, then every peer. Each peer's config names all the others, whose addresses a cloud
     peer has only once its VM exists: a deferred output carries the list to every peer."""
     assert config.library is not None
@@ -237,8 +258,7 @@ def _build_library(config: StackConfig, keys: StackKeys, ssh_key: pulumi.Output[
                 members=members,
                 seeder_ipns_names=seeder_names,
                 ssh_private_key=ssh_key,
-                deploy_public_key=keys.deploy_public_key,
-                deploy_private_key=keys.deploy_private_key,
+                access=access,
             ),
         )
         for peer in library.peers

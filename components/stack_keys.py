@@ -1,11 +1,13 @@
-"""Keys the stack makes for itself: the SSH deploy key pulumi-command connects with, the peer CA that
-signs each edge's client certificate, and, with an origin agent, the origin CA and the agent's certificate."""
+"""Keys the stack makes for itself: the SSH deploy key pulumi-command connects with (and its copy in the
+DigitalOcean account, when the stack has Droplets), the peer CA that signs the POPs' certificates for their
+hops to each other, and, with an origin agent, the origin CA and the agent's certificate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_digitalocean as digitalocean
 import pulumi_tls as tls
 
 from components.outputs import secret
@@ -16,11 +18,13 @@ from components.pki import CertificateAuthority, IssuedCertificate, create_ca, i
 class StackKeysArgs:
     stack: str
     origin_agent_name: str | None = None  # the name the agent's certificate carries, when there is an agent
+    digitalocean: bool = False  # the stack makes Droplets: DigitalOcean needs the deploy key in the account
 
 
 class StackKeys(pulumi.ComponentResource):
     deploy_public_key: pulumi.Output[str]
     deploy_private_key: pulumi.Output[str]
+    digitalocean_ssh_key_fingerprint: pulumi.Output[str] | None
     peer_ca: CertificateAuthority
     origin_ca: CertificateAuthority | None
     agent_certificate: IssuedCertificate | None
@@ -32,6 +36,16 @@ class StackKeys(pulumi.ComponentResource):
             lambda key: f"{key.strip()} plex-cdn-{args.stack}-deploy"
         )
         self.deploy_private_key = secret(deploy_key.private_key_openssh)
+        self.digitalocean_ssh_key_fingerprint = None
+        if args.digitalocean:
+            # Account-wide, and a key already in the account cannot be added twice: one per stack, named after it.
+            account_key = digitalocean.SshKey(
+                f"{name}-digitalocean-ssh",
+                name=f"plex-cdn-{args.stack}-deploy",
+                public_key=self.deploy_public_key,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.digitalocean_ssh_key_fingerprint = account_key.fingerprint
         self.peer_ca = create_ca(f"{name}-peer-ca", f"plex-cdn {args.stack} peer CA", self)
         self.origin_ca = None
         self.agent_certificate = None
@@ -47,6 +61,7 @@ class StackKeys(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "deploy_public_key": self.deploy_public_key,
+                "digitalocean_ssh_key_fingerprint": self.digitalocean_ssh_key_fingerprint,
                 "peer_ca_cert_pem": self.peer_ca.cert_pem,
                 "origin_ca_cert_pem": self.origin_ca.cert_pem if self.origin_ca else None,
             }

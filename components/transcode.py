@@ -15,9 +15,9 @@ import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
-from components.connections import to_existing_host, to_new_vm
+from components.connections import to_existing_host
 from components.outputs import secret
-from components.vm import WORLD, FirewallRule, VmSpec, create_vm
+from components.vm import WORLD, FirewallRule, VmAccess, VmSpec, create_vm
 from plexcdn import wireguard
 from plexcdn.config import StackConfig
 from plexcdn.transcode import render
@@ -28,8 +28,7 @@ class TranscodeSlaveArgs:
     config: StackConfig
     slave: str
     ssh_private_key: pulumi.Output[str]  # plex-cdn:homeSshKey: how `pulumi up` logs in to a host slave
-    deploy_public_key: pulumi.Output[str]  # the stack's deploy key: how it logs in to a cloud slave
-    deploy_private_key: pulumi.Output[str]
+    access: VmAccess  # the stack's deploy key: how it logs in to a cloud slave
     dispatch_public_key: pulumi.Output[str]  # the key the Plex server's dispatcher logs in with
     origin_wireguard_public_key: pulumi.Output[str]
     origin_ready: pulumi.Output[Sequence[pulumi.Resource]]  # the origin's exports and tunnel: mounts need them
@@ -76,9 +75,6 @@ class TranscodeSlave(pulumi.ComponentResource):
 
         if slave.kind == "cloud":
             user = "root"
-            user_data = secret(
-                args.deploy_public_key.apply(lambda key: render.slave_cloud_init(config, slave.name, key))
-            )
             vm = create_vm(
                 VmSpec(
                     name=name,
@@ -86,15 +82,15 @@ class TranscodeSlave(pulumi.ComponentResource):
                     provider=slave.provider,
                     region=slave.region,
                     size=slave.size,
-                    user_data=user_data,
-                    deploy_public_key=args.deploy_public_key,
+                    user_data=lambda identity: render.slave_cloud_init(config, slave.name, identity),
                     firewall_rules=firewall_rules(config),
                     tags=["plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-transcode"],
                 ),
+                args.access,
                 parent=self,
             )
             self.public_ipv4 = vm.ipv4
-            connection = to_new_vm(vm.ipv4, args.deploy_private_key)
+            connection = vm.connection
             private_key = secret(random.RandomBytes(f"{name}-tunnel-key", length=32, opts=child).base64)
             # The public half is no secret: the origin's config names it.
             wireguard_public = pulumi.Output.unsecret(private_key.apply(wireguard.public_key))
@@ -118,7 +114,7 @@ class TranscodeSlave(pulumi.ComponentResource):
             )
         else:
             user = slave.user
-            connection = to_existing_host(slave.host, slave.port, user, args.ssh_private_key)
+            connection = to_existing_host(slave.host, slave.port, user, args.ssh_private_key, slave.host_key)
 
         create = pulumi.Output.all(args.dispatch_public_key, args.origin_wireguard_public_key).apply(
             lambda keys: render.as_root(render.slave_setup_script(config, slave.name, keys[0], keys[1]), user)

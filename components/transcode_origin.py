@@ -48,7 +48,9 @@ class TranscodeOrigin(pulumi.ComponentResource):
         super().__init__("plex-cdn:transcode_origin:TranscodeOrigin", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         user = transcode.origin.user
-        connection = to_existing_host(transcode.origin.host, transcode.origin.port, user, args.ssh_private_key)
+        connection = to_existing_host(
+            transcode.origin.host, transcode.origin.port, user, args.ssh_private_key, transcode.origin.host_key
+        )
 
         dispatch_key = tls.PrivateKey(f"{name}-dispatch-ssh", algorithm="ED25519", opts=child)
         comment = render.dispatch_key_comment(config.stack)

@@ -1,20 +1,25 @@
-"""The provider adapter: one Debian 12 VM with its firewall on DigitalOcean or Linode.
+"""The provider adapter: one Debian 13 VM with its firewall on DigitalOcean or Linode.
 
-EdgePop and TranscodeSlave both make their VMs here, so both get the same image, the same SSH key
-handling and the same first-boot-only user_data.
+EdgePop, TranscodeSlave and LibraryPeer make their VMs here, so all get the same image, the same SSH key
+handling, an SSH host key generated here and pinned on every connection, and first-boot-only user_data.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 import pulumi_linode as linode
+import pulumi_tls as tls
 
+from components.connections import to_new_vm
+from components.outputs import secret
 from plexcdn import regions
+from plexcdn.vm_identity import VmIdentity
 
 WORLD = ("0.0.0.0/0", "::/0")
 
@@ -28,14 +33,25 @@ class FirewallRule:
 
 
 @dataclass(frozen=True)
+class VmAccess:
+    """How `pulumi up` logs in to the VMs it makes: the stack's deploy key (and the admin's key beside it)."""
+
+    admin_ssh_public_key: str
+    deploy_public_key: pulumi.Output[str]
+    deploy_private_key: pulumi.Output[str]  # secret
+    # The deploy key in the DigitalOcean account (keys there are account-wide, one per stack): a Droplet made
+    # without one gets a root password that must be changed at first login, which stops every SSH command.
+    digitalocean_ssh_key_fingerprint: pulumi.Output[str] | None
+
+
+@dataclass(frozen=True)
 class VmSpec:
     name: str  # the Pulumi resource name prefix
     label: str  # the name the provider shows; unique per account for Linode, so it carries the stack
     provider: str
     region: str
     size: str
-    user_data: pulumi.Input[str]  # installs the SSH keys: DigitalOcean's account-wide key list rejects a key twice
-    deploy_public_key: pulumi.Input[str]
+    user_data: Callable[[VmIdentity], str]  # first boot, given the keys the VM is known and reached by
     firewall_rules: Sequence[FirewallRule]
     tags: Sequence[str]
 
@@ -46,6 +62,7 @@ class Vm:
     id: pulumi.Output[str]
     ipv4: pulumi.Output[str]
     ipv6: pulumi.Output[str]
+    connection: command.remote.ConnectionArgs  # as root with the deploy key, the VM's host key pinned
 
 
 def _by_family(sources: Sequence[str]) -> tuple[list[str] | None, list[str] | None]:
@@ -62,17 +79,35 @@ def _split(
     return split.apply(lambda pair: pair[0]), split.apply(lambda pair: pair[1])
 
 
-def create_vm(spec: VmSpec, parent: pulumi.Resource) -> Vm:
+def create_vm(spec: VmSpec, access: VmAccess, parent: pulumi.Resource) -> Vm:
     """The VM and its firewall. user_data is read on first boot only: changing it would replace the VM."""
     image = regions.provider_table(spec.provider).image
+    host_key = tls.PrivateKey(
+        f"{spec.name}-ssh-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=parent)
+    )
+    host_public_key = host_key.public_key_openssh.apply(str.strip)
+    identity = pulumi.Output.all(access.deploy_public_key, host_key.private_key_openssh, host_public_key).apply(
+        lambda keys: VmIdentity(access.admin_ssh_public_key, keys[0].strip(), keys[1], keys[2])
+    )
+    # The host key is secret, so the whole user_data is.
+    user_data = secret(identity.apply(spec.user_data))
     if spec.provider == "digitalocean":
-        return _digitalocean(spec, image, parent)
-    if spec.provider == "linode":
-        return _linode(spec, image, parent)
-    raise ValueError(f"no VM adapter for provider {spec.provider!r}")
+        resource, ipv4, ipv6 = _digitalocean(spec, image, user_data, access, parent)
+    elif spec.provider == "linode":
+        resource, ipv4, ipv6 = _linode(spec, image, user_data, access, parent)
+    else:
+        raise ValueError(f"no VM adapter for provider {spec.provider!r}")
+    return Vm(resource, resource.id, ipv4, ipv6, to_new_vm(ipv4, access.deploy_private_key, host_public_key))
 
 
-def _digitalocean(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
+VmParts = tuple[pulumi.CustomResource, pulumi.Output[str], pulumi.Output[str]]
+
+
+def _digitalocean(
+    spec: VmSpec, image: str, user_data: pulumi.Output[str], access: VmAccess, parent: pulumi.Resource
+) -> VmParts:
+    if access.digitalocean_ssh_key_fingerprint is None:
+        raise ValueError(f"{spec.name}: a Droplet needs the stack's DigitalOcean SSH key")
     child = pulumi.ResourceOptions(parent=parent)
     droplet = digitalocean.Droplet(
         f"{spec.name}-vm",
@@ -82,7 +117,8 @@ def _digitalocean(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
         size=spec.size,
         ipv6=True,
         monitoring=True,
-        user_data=spec.user_data,
+        ssh_keys=[access.digitalocean_ssh_key_fingerprint],
+        user_data=user_data,
         tags=list(spec.tags),
         opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["user_data"]),
     )
@@ -105,19 +141,21 @@ def _digitalocean(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
         outbound_rules=outbound,
         opts=child,
     )
-    return Vm(droplet, droplet.id, droplet.ipv4_address, droplet.ipv6_address)
+    return droplet, droplet.ipv4_address, droplet.ipv6_address
 
 
-def _linode(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
-    user_data = pulumi.Output.from_input(spec.user_data).apply(lambda text: base64.b64encode(text.encode()).decode())
+def _linode(
+    spec: VmSpec, image: str, user_data: pulumi.Output[str], access: VmAccess, parent: pulumi.Resource
+) -> VmParts:
+    encoded = user_data.apply(lambda text: base64.b64encode(text.encode()).decode())
     instance = linode.Instance(
         f"{spec.name}-vm",
         label=spec.label,
         image=image,
         region=spec.region,
         type=spec.size,
-        authorized_keys=[pulumi.Output.from_input(spec.deploy_public_key).apply(str.strip)],
-        metadatas=[linode.InstanceMetadataArgs(user_data=user_data)],
+        authorized_keys=[access.deploy_public_key.apply(str.strip)],
+        metadatas=[linode.InstanceMetadataArgs(user_data=encoded)],
         tags=list(spec.tags),
         # Linode carries user_data inside `metadatas`: that is the property whose change would rebuild it.
         # Labels are unique per account: the old Linode must go before its replacement can take the label.
@@ -149,5 +187,5 @@ def _linode(spec: VmSpec, image: str, parent: pulumi.Resource) -> Vm:
         opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True),
     )
     ipv6 = instance.ipv6.apply(lambda value: (value or "").split("/")[0])
-    ipv4 = instance.ipv4s.apply(lambda addresses: addresses[0])
-    return Vm(instance, instance.id, ipv4, ipv6)
+    # `ip_address` is the instance's public IPv4; `ipv4s` are the addresses asked for at creation.
+    return instance, instance.ip_address, ipv6

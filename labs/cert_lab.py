@@ -27,7 +27,6 @@ import argparse
 import base64
 import contextlib
 import ctypes
-import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -57,6 +56,7 @@ from cryptography import x509
 from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
+from labs import pop_tree
 from labs.lab_ca import LabCA
 from labs.netns import Lab, LabError, lab_unavailable_reason
 from plexcdn import iam, render
@@ -76,10 +76,9 @@ ENV_FILE_PATH: Final = "/etc/plex-cdn/certbot.env"
 ISSUE_SCRIPT_PATH: Final = "/usr/local/sbin/plexcdn-issue-certificate"
 DEPLOY_HOOK_PATH: Final = "/etc/letsencrypt/renewal-hooks/deploy/plexcdn-reload-nginx"
 RENEW_SERVICE_PATH: Final = "/etc/systemd/system/plexcdn-certbot-renew.service"
-CREDENTIALS_PATH: Final = "/etc/plex-cdn/aws-credentials"
+CREDENTIALS_PATH: Final = render.CREDENTIALS_PATH
 # The cloud-init write_files entries the certificate steps use; the rest (sysctl, SSH keys) stay out of the lab.
 CERTBOT_WRITE_FILES: Final = (
-    CREDENTIALS_PATH,
     ENV_FILE_PATH,
     ISSUE_SCRIPT_PATH,
     DEPLOY_HOOK_PATH,
@@ -262,11 +261,12 @@ def override_environment_file(text: str, overrides: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tls_certificate_paths(tls_conf: str) -> dict[str, str]:
-    """ssl_certificate and ssl_certificate_key of a rendered plexcdn-tls.conf."""
-    found = dict(re.findall(r"^\s*(ssl_certificate(?:_key)?)\s+([^;\s]+);", tls_conf, re.MULTILINE))
+def tls_certificate_paths(nginx_conf: str) -> dict[str, str]:
+    """ssl_certificate and ssl_certificate_key of the viewers' server (port 443) in a rendered nginx.conf."""
+    viewers = nginx_conf.split("listen 443", 1)[-1].split("server {", 1)[0]
+    found = dict(re.findall(r"^\s*(ssl_certificate(?:_key)?)\s+([^;\s]+);", viewers, re.MULTILINE))
     if set(found) != {"ssl_certificate", "ssl_certificate_key"}:
-        raise LabError(f"plexcdn-tls.conf names {sorted(found)}, not both ssl_certificate and ssl_certificate_key")
+        raise LabError(f"the viewers' server names {sorted(found)}, not both ssl_certificate and ssl_certificate_key")
     return found
 
 
@@ -709,7 +709,8 @@ class CertLab:
     moto: MotoRoute53 = field(init=False)
     dns: ChallengeDns = field(init=False)
     pebble: Pebble = field(init=False)
-    boot: render.BootValues = field(init=False)
+    access_key_id: str = field(init=False)
+    credentials: str = field(init=False)  # what the deploy writes to the POP from a command's stdin
     zone_id: str | None = field(init=False, default=None)
     network: Lab | None = field(init=False, default=None)
     nginx: subprocess.Popen[bytes] | None = field(init=False, default=None)
@@ -794,9 +795,8 @@ class CertLab:
         self._started.append("moto")
         self.moto.start()
         key_id, secret = self.moto.create_user_with_key(self.iam_user)
-        self.boot = dataclasses.replace(
-            render.PLACEHOLDER_BOOT_VALUES, aws_access_key_id=key_id, aws_secret_access_key=secret
-        )
+        self.access_key_id = key_id
+        self.credentials = render.credentials_file(key_id, secret)
         if self.zone_at_start:
             self.create_zone()
         self.dns = ChallengeDns(self.moto)
@@ -821,7 +821,7 @@ class CertLab:
         return iam.certbot_policy(self.zone_id, self.config.all_certificate_names())
 
     def cloud_init(self) -> str:
-        return render.cloud_init(self.config, self.pop, self.boot)
+        return render.cloud_init(self.config, self.pop)
 
     def _write(self, pop_path: str, content: str, mode: int) -> Path:
         target = self.path(pop_path)
@@ -839,6 +839,7 @@ class CertLab:
         for pop_path in CERTBOT_WRITE_FILES:
             written = written_files[pop_path]
             self._write(written.path, written.content, written.permissions)
+        self._write(CREDENTIALS_PATH, self.credentials, 0o600)
         rendered_env = self.cloud_init_file(ENV_FILE_PATH)
         self._write(ENV_FILE_PATH, self.lab_env_text(), rendered_env.permissions)
         certbot_link = self.path("/opt/certbot")
@@ -881,16 +882,17 @@ class CertLab:
         return {pop.name: str(POP_ADDRESS if pop.name == self.pop else VIEWER_ADDRESS) for pop in self.config.pops}
 
     def _write_nginx_files(self) -> None:
-        client = self.peer_ca.issue_client(
-            self.cert_name, self.lab_dir / "peer-client.crt", self.path(f"/etc/nginx/{render.PEER_CLIENT_KEY_FILE}")
-        )
-        peer_ca_pem = self.peer_ca.root_path.read_text()
-        peer = render.PeerCertificates(ca_pem=peer_ca_pem, client_cert_pem=client.cert_path.read_text())
+        conf_dir = self.path("/etc/nginx")
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        peer = pop_tree.peer_certificates(self.config, self.pop, self.peer_ca, conf_dir, self.lab_dir)
+        peer_ca_pem = peer.ca_pem
         files = render.nginx_files(
             self.config, self.pop, prefix=str(self.root), addresses=self._nginx_addresses(), peer=peer
         )
         for name, text in files.items():
             self._write(f"/etc/nginx/{name}", text, 0o644)
+        # This lab's POP never reaches the origin: the file its hub holds before the origin's name resolves.
+        pop_tree.resolve_origin(None, "", self.config, self.pop, conf_dir)
         bundle = Path("/etc/ssl/certs/ca-certificates.crt")
         self._write(
             "/etc/ssl/certs/ca-certificates.crt",
@@ -902,10 +904,7 @@ class CertLab:
 
     def tls_paths(self) -> dict[str, Path]:
         """The certificate and key paths the lab's rendered nginx config reads."""
-        return {
-            key: Path(value)
-            for key, value in tls_certificate_paths((self.nginx_dir / "plexcdn-tls.conf").read_text()).items()
-        }
+        return {key: Path(value) for key, value in tls_certificate_paths(self.nginx_conf.read_text()).items()}
 
     # running the POP's scripts ---------------------------------------------------------------------------
 
@@ -955,9 +954,7 @@ class CertLab:
 
     def certbot_requests(self) -> list[RecordedRequest]:
         """The Route53 requests made with the certbot IAM user's key."""
-        return [
-            request for request in self.moto.recorded_requests() if request.access_key_id == self.boot.aws_access_key_id
-        ]
+        return [request for request in self.moto.recorded_requests() if request.access_key_id == self.access_key_id]
 
     def live_certificate(self) -> x509.Certificate:
         return load_certificate(self.live_dir / "cert.pem")

@@ -401,3 +401,13 @@ class LabCA:
         _write(cert_path, cert_pem(certificate) + self.chain_pem(), PUBLIC_FILE_MODE)
         _write(key_path, key_pem(key), PRIVATE_KEY_MODE)
         return ClientCertificate(certificate, cert_path, key_path)
+
+    def issue_server(self, name: str, cert_path: Path, key_path: Path) -> ClientCertificate:
+        """A serverAuth certificate for `name` as two files, like a POP's peer port certificate; key 0600."""
+        key = new_key("ecdsa")
+        certificate = self.leaf([name], key, organization="plex-cdn")
+        for path in (cert_path, key_path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        _write(cert_path, cert_pem(certificate) + self.chain_pem(), PUBLIC_FILE_MODE)
+        _write(key_path, key_pem(key), PRIVATE_KEY_MODE)
+        return ClientCertificate(certificate, cert_path, key_path)

@@ -81,7 +81,7 @@ class ProgramMocks(pulumi.runtime.Mocks):
             outputs.update(ipv4Address=f"198.51.100.{n}", ipv6Address=f"2001:db8::{n:x}")
             return str(1000 + n), outputs
         if typ == "linode:index/instance:Instance":
-            outputs.update(ipv4s=[f"203.0.113.{n}"], ipv6=f"2001:db8:1::{n:x}/128")
+            outputs.update(ipAddress=f"203.0.113.{n}", ipv4s=[f"203.0.113.{n}"], ipv6=f"2001:db8:1::{n:x}/128")
             return str(2000 + n), outputs
         if typ == "tls:index/privateKey:PrivateKey" and args.name.endswith("-identity"):
             # A library peer's identity: real Ed25519, since its peer ID and IPNS name are computed from it.
@@ -106,6 +106,8 @@ class ProgramMocks(pulumi.runtime.Mocks):
         if typ == "aws:iam/accessKey:AccessKey":
             outputs["secret"] = "mock-secret-" + _fake_value(args.name, 8).hex()
             return "AKIAMOCK" + _fake_value(args.name, 6).hex().upper(), outputs
+        if typ == "digitalocean:index/sshKey:SshKey":
+            outputs["fingerprint"] = ":".join(f"{b:02x}" for b in _fake_value(args.name, 16))
         if typ == "aws:iam/user:User":
             outputs["arn"] = f"arn:aws:iam::123456789012:user/plex-cdn/{args.inputs.get('name')}"
         if typ == "command:remote:Command" and HOST_KEY_PREFIX in str(args.inputs.get("create", "")):

@@ -13,6 +13,7 @@ removes it. Tests use `relay_lab()` as a context manager.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labs import plex_standin as lab_origin
+from labs import pop_tree
 from labs.lab_ca import LabCA
 from labs.netns import Lab, LabError, remove_namespaces_with_prefix
 from plexcdn import agent, render, topology
@@ -101,20 +103,19 @@ class RelayLab:
         addresses = {}
         if place.role == "edge":
             addresses[place.pop.upstream] = self.addresses[(pop, place.pop.upstream)][1]
-        client_cert = self.pop_dir(pop) / "client.crt"
-        client_pem = client_cert.read_text() if client_cert.exists() else ""
-        peer = render.PeerCertificates(
-            ca_pem=self.peer_ca.root_path.read_text(),
-            client_cert_pem=client_pem or render.PLACEHOLDER_PEER_CLIENT_CERT,
-            origin_ca_pem=self.origin_ca.root_path.read_text() if self.origin_ca else render.PLACEHOLDER_ORIGIN_CA,
-            origin_client_cert_pem=client_pem or render.PLACEHOLDER_ORIGIN_CLIENT_CERT,
-        )
         conf_dir = self.conf(pop).parent
         conf_dir.mkdir(parents=True, exist_ok=True)
+        peer = pop_tree.peer_certificates(config, pop, self.peer_ca, conf_dir, self.pop_dir(pop))
+        origin_client = self.pop_dir(pop) / "origin-client.crt"
+        if origin_client.exists():
+            peer = dataclasses.replace(peer, origin_client_cert_pem=origin_client.read_text())
+        if self.origin_ca is not None:
+            peer = dataclasses.replace(peer, origin_ca_pem=self.origin_ca.root_path.read_text())
         for name, text in render.nginx_files(
             config, pop, prefix=str(self.pop_dir(pop)), addresses=addresses or None, peer=peer
         ).items():
             (conf_dir / name).write_text(text)
+        pop_tree.resolve_origin(self.lab, pop, config, pop, conf_dir)
 
     def info(self) -> dict[str, str]:
         return {
@@ -206,20 +207,20 @@ def _install_certificates(relay: RelayLab) -> None:
             (base / directory).mkdir(parents=True, exist_ok=True)
         ca.issue(config.certificate_names(name), base / "etc" / "letsencrypt", config.pop_name(name))
         shutil.copyfile(ca.bundle_path, base / "etc" / "ssl" / "certs" / "ca-certificates.crt")
-        _issue_client_certificate(relay, config, name)
+        _issue_origin_client_certificate(relay, config, name)
         relay.render_pop(name)
 
 
-def _issue_client_certificate(relay: RelayLab, config: StackConfig, pop: str) -> None:
-    """The one client certificate a POP shows upstream under `config`, from the CA that hop trusts."""
+def _issue_origin_client_certificate(relay: RelayLab, config: StackConfig, pop: str) -> None:
+    """A hub's client certificate for the origin agent, from the stack's origin CA (peer certificates come
+    with each render)."""
     upstream = render.upstream_of(config, pop, render.placeholder_addresses(config))
-    if not upstream.client_key_file:
+    if upstream.client_key_file != render.ORIGIN_CLIENT_KEY_FILE:
         return
-    authority = relay.peer_ca if upstream.client_key_file == render.PEER_CLIENT_KEY_FILE else relay.origin_ca
-    assert authority is not None
+    assert relay.origin_ca is not None
     key_path = relay.conf(pop).parent / upstream.client_key_file
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    authority.issue_client(config.pop_name(pop), relay.pop_dir(pop) / "client.crt", key_path)
+    relay.origin_ca.issue_client(config.pop_name(pop), relay.pop_dir(pop) / "origin-client.crt", key_path)
 
 
 def _start_origin(relay: RelayLab, media_mb: int) -> None:
@@ -270,7 +271,7 @@ def add_agent(relay: RelayLab, agent_config: StackConfig) -> None:
     _start_plex(relay, "127.0.0.1", [])
     for pop in relay.config.pops:
         if pop.upstream == "origin":
-            _issue_client_certificate(relay, agent_config, pop.name)
+            _issue_origin_client_certificate(relay, agent_config, pop.name)
     _start_agent(relay, agent_config)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import posixpath
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,14 @@ _UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # The plexmediaserver package version as dpkg prints it, e.g. 1.41.3.9314-a0bfb8370.
 _PLEX_VERSION = re.compile(r"^\d+\.\d+\.\d+\.\d+-[0-9a-f]{7,40}$")
 # Characters fstab, exports and shell quoting cannot all carry: control characters, quotes, backslashes.
+# Control characters and line or paragraph separators: no rendered file may carry them inside a value.
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 _PATH_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+\.)+[A-Za-z]{2,}$")
-_SSH_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
-)
+_SSH_KEY_TYPES: Final = r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
+# A comment is printable ASCII: a line break or separator in it would end the line in authorized_keys or YAML.
+_SSH_KEY = re.compile(rf"^{_SSH_KEY_TYPES} [A-Za-z0-9+/]+={{0,3}}( [\x21-\x7e][\x20-\x7e]*)?$")
+_SSH_HOST_KEY = re.compile(rf"^{_SSH_KEY_TYPES} [A-Za-z0-9+/]+={{0,3}}$")
 
 
 class ConfigError(ValueError):
@@ -73,11 +77,15 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class AcmeConfig:
     email: str
-    server: Literal["staging", "production"]
+    server: str  # "staging", "production", or the https:// directory URL of an ACME server of one's own
+    # For an ACME server and Route53 endpoint of one's own (a lab): the CA that signs their HTTPS
+    # certificates, trusted by certbot beside the system's CAs.
+    ca_certificate: str | None = None
+    route53_endpoint: str | None = None
 
     @property
     def directory_url(self) -> str:
-        return ACME_DIRECTORIES[self.server]
+        return ACME_DIRECTORIES.get(self.server, self.server)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class OriginAgent:
     ssh_port: int
     ssh_user: str
     apply_firewall: bool
+    ssh_host_key: str = ""  # pinned: `pulumi up` sends secrets to this machine and no other
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,7 @@ class TranscodeOriginAccess:
     host: str
     port: int
     user: str
+    host_key: str = ""  # pinned: `pulumi up` sends secrets to this machine and no other
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,7 @@ class TranscodeSlaveConfig:
     host: str = ""  # kind host: its address on the home network
     port: int = 22
     user: str = "root"
+    host_key: str = ""  # kind host: its SSH host key, pinned
     provider: str = ""  # kind cloud
     region: str = ""
     size: str = ""
@@ -282,6 +293,7 @@ class LibraryPeerConfig:
     host: str = ""  # kind host: where SSH and the other peers reach it
     port: int = 22
     user: str = "root"
+    host_key: str = ""  # kind host: its SSH host key, pinned
     swarm_cidrs: tuple[str, ...] = ()  # kind host: the networks it connects from, for the others' firewalls
     provider: str = ""  # kind cloud
     region: str = ""
@@ -424,8 +436,8 @@ class _Reader:
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self.raw.get(key, default)
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,15}", value.strip(" ")):
+            value = int(value.strip(" "))
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.problems.add(self._sub(key), f"must be a whole number from {low} to {high}, got {value!r}")
             return default
@@ -463,6 +475,57 @@ def _check_host(value: str) -> str | None:
     return None
 
 
+def _check_acme_server(value: str) -> str | None:
+    if value in ACME_DIRECTORIES:
+        return None
+    return (
+        None
+        if _is_https_url(value)
+        else (
+            f"{value!r} is not valid; use {_one_of(tuple(ACME_DIRECTORIES))}, or the https:// directory URL of an "
+            "ACME server of your own"
+        )
+    )
+
+
+def _is_https_url(value: str) -> bool:
+    parts = urllib.parse.urlsplit(value)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        host_ok = True
+    except ValueError:
+        host_ok = _is_hostname(host) or host == "localhost"
+    return parts.scheme == "https" and host_ok and not parts.username and not _UNSAFE_TEXT.search(value)
+
+
+def _check_pem_certificates(value: str) -> str | None:
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----", value)
+    leftover = re.sub(r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----", "", value)
+    if not blocks or leftover.strip():
+        return "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
+    return None
+
+
+def _parse_acme(problems: _Problems, raw: object) -> AcmeConfig:
+    reader = _Reader(problems, "acme", raw, ("email", "server", "caCertificate", "route53Endpoint"))
+    if raw is None:
+        problems.add("acme", "is required (email and server)")
+    server = reader.string("server", "staging", check=_check_acme_server)
+    ca_certificate = reader.optional_string("caCertificate")
+    if ca_certificate is not None:
+        if (message := _check_pem_certificates(ca_certificate + "\n")) is not None:
+            problems.add("acme.caCertificate", message)
+        ca_certificate += "\n"
+    route53_endpoint = reader.optional_string("route53Endpoint")
+    if route53_endpoint is not None and not _is_https_url(route53_endpoint):
+        problems.add("acme.route53Endpoint", "must be an https:// URL of a Route53 API endpoint of your own (a lab)")
+    if server in ACME_DIRECTORIES and (ca_certificate is not None or route53_endpoint is not None):
+        given = "acme.caCertificate" if ca_certificate is not None else "acme.route53Endpoint"
+        problems.add(given, f"is only for an ACME server of your own; with acme.server {server} leave it out")
+    return AcmeConfig(reader.string("email", check=_check_email), server, ca_certificate, route53_endpoint)
+
+
 def _parse_origin(problems: _Problems, raw: object) -> OriginConfig:
     reader = _Reader(
         problems,
@@ -497,7 +560,9 @@ def _parse_origin(problems: _Problems, raw: object) -> OriginConfig:
 def _parse_agent(problems: _Problems, raw: object, host: str, port: int, link: str) -> OriginAgent | None:
     if raw is None:
         return None
-    reader = _Reader(problems, "origin.agent", raw, ("listenPort", "sshHost", "sshPort", "sshUser", "applyFirewall"))
+    reader = _Reader(
+        problems, "origin.agent", raw, ("listenPort", "sshHost", "sshPort", "sshUser", "sshHostKey", "applyFirewall")
+    )
     if link != "public":
         problems.add(
             "origin.agent",
@@ -511,8 +576,9 @@ def _parse_agent(problems: _Problems, raw: object, host: str, port: int, link: s
         listen_port=listen_port,
         ssh_host=reader.string("sshHost", host, check=_check_host),
         ssh_port=reader.integer("sshPort", 22, 1, 65535),
-        ssh_user=reader.string("sshUser", "root"),
+        ssh_user=reader.string("sshUser", "root", check=_check_unix_user),
         apply_firewall=reader.boolean("applyFirewall", False),
+        ssh_host_key=reader.string("sshHostKey", check=_check_host_key),
     )
 
 
@@ -738,23 +804,35 @@ def _check_shared_path(value: str) -> str | None:
     return None
 
 
+def _check_host_key(value: str) -> str | None:
+    if _SSH_HOST_KEY.match(value):
+        return None
+    return (
+        "must be the machine's SSH host key as `ssh-keyscan -t ed25519 HOST` prints it after the host name "
+        "(ssh-ed25519 AAAA...): `pulumi up` then sends its secrets to that machine and no other"
+    )
+
+
 def _check_unix_user(value: str) -> str | None:
     return None if _UNIX_USER.match(value) else "must be a user name such as root or admin"
 
 
 def _parse_transcode_origin(problems: _Problems, raw: object) -> TranscodeOriginAccess:
     path = "transcode.origin"
-    reader = _Reader(problems, path, raw, ("host", "port", "user"))
+    reader = _Reader(problems, path, raw, ("host", "port", "user", "hostKey"))
     if raw is None:
-        problems.add(path, "is required: host, port and user `pulumi up` logs in to the Plex server with over SSH")
+        problems.add(
+            path, "is required: host, port, user and hostKey `pulumi up` logs in to the Plex server with over SSH"
+        )
     return TranscodeOriginAccess(
         host=reader.string("host", check=_check_host),
         port=reader.integer("port", 22, 1, 65535),
         user=reader.string("user", "root", check=_check_unix_user),
+        host_key=reader.string("hostKey", check=_check_host_key),
     )
 
 
-_HOST_ONLY: Final = ("host", "port", "user")
+_HOST_ONLY: Final = ("host", "port", "user", "hostKey")
 _CLOUD_ONLY: Final = ("provider", "region", "size")
 
 
@@ -803,6 +881,7 @@ def _parse_transcode_slave(problems: _Problems, index: int, raw: object) -> Tran
             host=reader.string("host", check=_check_host_slave_address),
             port=reader.integer("port", 22, 1, 65535),
             user=reader.string("user", "root", check=_check_unix_user),
+            host_key=reader.string("hostKey", check=_check_host_key),
         )
     provider, region_slug, size_slug = _read_vm(reader, problems, path)
     return TranscodeSlaveConfig(name, "cloud", provider=provider, region=region_slug, size=size_slug)
@@ -813,8 +892,8 @@ def _parse_plex_id(problems: _Problems, reader: _Reader, key: str, what: str) ->
     if value is None:
         problems.add(f"transcode.{key}", f"is required: the plex account's {what} on the Plex server (`id plex`)")
         return 0
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip(" ")):
+        value = int(value.strip(" "))
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
         problems.add(
             f"transcode.{key}",
@@ -1004,7 +1083,7 @@ def _parse_transcode(problems: _Problems, raw: object, origin: OriginConfig) -> 
     return transcode
 
 
-_LIBRARY_HOST_ONLY: Final = ("host", "port", "user", "swarmCidrs", "plex")
+_LIBRARY_HOST_ONLY: Final = ("host", "port", "user", "hostKey", "swarmCidrs", "plex")
 _LIBRARY_ROLE_ONLY: Final = {"seeder": ("mediaDir",), "viewer": ("mountDir", "plex")}
 
 
@@ -1092,6 +1171,7 @@ def _parse_library_peer(
         host=host,
         port=reader.integer("port", 22, 1, 65535),
         user=reader.string("user", "root", check=_check_unix_user),
+        host_key=reader.string("hostKey", check=_check_host_key),
         swarm_cidrs=cidrs,
         plex=reader.boolean("plex", True) if role == "viewer" else False,
         **common,  # type: ignore[arg-type]
@@ -1161,13 +1241,7 @@ def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
         "plex",
         check=lambda v: None if _LABEL.match(v) and len(v) <= 40 else "must be one DNS label such as 'plex'",
     )
-    acme_reader = _Reader(problems, "acme", values.get("acme"), ("email", "server"))
-    if values.get("acme") is None:
-        problems.add("acme", "is required (email and server)")
-    acme = AcmeConfig(
-        email=acme_reader.string("email", check=_check_email),
-        server=acme_reader.choice("server", tuple(ACME_DIRECTORIES), "staging"),  # type: ignore[arg-type]
-    )
+    acme = _parse_acme(problems, values.get("acme"))
     origin = _parse_origin(problems, values.get("origin"))
     admin = _parse_admin(problems, values.get("admin"))
     nginx = _parse_nginx(problems, values.get("nginx"))

@@ -53,7 +53,7 @@ def _sizes(*rows: tuple[str, int, float, float, float]) -> dict[str, Size]:
 PROVIDERS: Final[dict[str, ProviderTable]] = {
     "digitalocean": ProviderTable(
         name="digitalocean",
-        image="debian-12-x64",
+        image="debian-13-x64",
         regions=_regions(
             ("nyc1", "New York", 40.71, -74.01, "us-east-1"),
             ("nyc3", "New York", 40.71, -74.01, "us-east-1"),
@@ -81,7 +81,7 @@ PROVIDERS: Final[dict[str, ProviderTable]] = {
     ),
     "linode": ProviderTable(
         name="linode",
-        image="linode/debian12",
+        image="linode/debian13",
         regions=_regions(
             ("us-east", "Newark", 40.74, -74.17, "us-east-1"),
             ("us-southeast", "Atlanta", 33.75, -84.39, "us-east-1"),

@@ -8,11 +8,16 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from plexcdn.config import StackConfig, parse_config, read_stack_file
+from plexcdn.vm_identity import VmIdentity
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_STACK = ROOT / "Pulumi.dev.yaml"
+# A machine at home's SSH host key, as `ssh-keyscan -t ed25519` prints it (a public key: no secret).
+HOME_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHomeHostKeyForTheTestsOnlyNotARealMachine0"
 
 
 def example_values() -> dict[str, Any]:
@@ -51,3 +56,18 @@ def example_config() -> StackConfig:
 def write_stack(path: Path, values: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump({"config": {f"plex-cdn:{k}": v for k, v in values.items()}}))
     return path
+
+
+def make_vm_identity(admin_ssh_public_key: str) -> VmIdentity:
+    """A VM identity with a real Ed25519 host key, as `pulumi up` generates one."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return VmIdentity(
+        admin_ssh_public_key=admin_ssh_public_key,
+        deploy_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployKeyForTheTest plex-cdn-dev-deploy",
+        host_private_key=private,
+        host_public_key=public,
+    )

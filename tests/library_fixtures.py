@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import example_values
+from tests.conftest import HOME_HOST_KEY, example_values
 
 SEEDER_HOST = "203.0.113.10"
 VIEWER_HOST = "viewer.example.org"
@@ -16,9 +16,25 @@ def library_settings() -> dict[str, Any]:
     cache node in the cloud."""
     return {
         "swarm": "friends",
-        "seeders": [{"name": "alice", "kind": "host", "host": SEEDER_HOST, "user": "admin", "mediaDir": "/srv/media"}],
+        "seeders": [
+            {
+                "name": "alice",
+                "kind": "host",
+                "host": SEEDER_HOST,
+                "user": "admin",
+                "hostKey": HOME_HOST_KEY,
+                "mediaDir": "/srv/media",
+            }
+        ],
         "viewers": [
-            {"name": "carol", "kind": "host", "host": VIEWER_HOST, "swarmCidrs": [VIEWER_NETWORK], "cacheGb": 200},
+            {
+                "name": "carol",
+                "kind": "host",
+                "host": VIEWER_HOST,
+                "hostKey": HOME_HOST_KEY,
+                "swarmCidrs": [VIEWER_NETWORK],
+                "cacheGb": 200,
+            },
             {"name": "tokyo", "kind": "cloud", "provider": "linode", "region": "ap-northeast", "size": "g6-nanode-1"},
         ],
     }

@@ -11,12 +11,12 @@ import pytest
 
 from plexcdn import agent
 from plexcdn.config import ConfigError, parse_config
-from tests.conftest import example_values
+from tests.conftest import HOME_HOST_KEY, example_values
 
 
 def agent_config(**settings: Any) -> Any:
     values = example_values()
-    values["origin"]["agent"] = {"listenPort": 32443, **settings}
+    values["origin"]["agent"] = {"listenPort": 32443, "sshHostKey": HOME_HOST_KEY, **settings}
     return parse_config(values, "dev")
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from plexcdn import render, wireguard
 from plexcdn.config import StackConfig
-from tests.conftest import config_from, example_values, five_pop_values, wireguard_values
+from tests.conftest import config_from, example_values, five_pop_values, make_vm_identity, wireguard_values
 
 STACKS = {
     "example": example_values,
@@ -41,15 +41,20 @@ def test_cloud_init_passes_cloud_init_schema(tmp_path: Path, label: str, config:
 
 
 def test_cloud_init_writes_what_first_boot_needs(example_config: StackConfig) -> None:
-    boot = render.BootValues("AKIAEXAMPLE", "example-secret", "ssh-ed25519 AAAAdeploy plex-cdn-dev-deploy")
-    document = yaml.safe_load(render.cloud_init(example_config, "us", boot))
+    identity = make_vm_identity(example_config.admin.ssh_public_key)
+    text = render.cloud_init(example_config, "us", identity)
+    document = yaml.safe_load(text)
     files = {entry["path"]: entry for entry in document["write_files"]}
-    credentials = files["/etc/plex-cdn/aws-credentials"]
-    assert credentials["permissions"] == "0600"
-    assert "aws_secret_access_key = example-secret" in credentials["content"]
+    # No credentials in user_data: they arrive over SSH. The only secret is the VM's own host key.
+    assert render.CREDENTIALS_PATH not in files and "aws_secret_access_key" not in text
+    assert document["ssh_keys"] == {
+        "ed25519_private": identity.host_private_key,
+        "ed25519_public": identity.host_public_key.strip(),
+    }
+    assert document["ssh_deletekeys"] is True
     keys = files["/root/.ssh/authorized_keys"]
     assert keys["append"] is True and keys["permissions"] == "0600"
-    assert example_config.admin.ssh_public_key in keys["content"] and boot.deploy_public_key in keys["content"]
+    assert example_config.admin.ssh_public_key in keys["content"] and identity.deploy_public_key in keys["content"]
     sysctl = files["/etc/sysctl.d/90-plex-cdn.conf"]["content"]
     for setting in (
         "net.ipv4.tcp_congestion_control = bbr",
@@ -61,10 +66,22 @@ def test_cloud_init_writes_what_first_boot_needs(example_config: StackConfig) ->
     assert "CERT_DOMAINS=plex-us.example.com,plex.example.com" in env
     assert f"ACME_SERVER={example_config.acme.directory_url}" in env
     assert "/etc/letsencrypt/renewal-hooks/deploy/plexcdn-reload-nginx" in files
-    pip = next(cmd for cmd in document["runcmd"] if "pip" in cmd[0])
-    assert f"certbot=={render.CERTBOT_VERSION}" in pip and f"certbot-dns-route53=={render.CERTBOT_VERSION}" in pip
-    assert ["systemctl", "enable", "--now", "plexcdn-certbot-renew.timer"] in document["runcmd"]
+    # Every step in one program, so that any failing step fails first boot.
+    assert document["runcmd"] == [[render.FIRST_BOOT_PATH]]
+    first_boot = files[render.FIRST_BOOT_PATH]
+    assert first_boot["permissions"] == "0755" and first_boot["content"].startswith("#!/bin/sh\n")
+    assert "set -eu" in first_boot["content"]
+    assert (
+        f'"certbot=={render.CERTBOT_VERSION}" "certbot-dns-route53=={render.CERTBOT_VERSION}"' in first_boot["content"]
+    )
+    assert "systemctl enable --now plexcdn-certbot-renew.timer" in first_boot["content"]
+    assert (
+        "tc qdisc replace" in first_boot["content"] and "install -d -m 0755 /var/cache/nginx" in first_boot["content"]
+    )
     assert document["ssh_pwauth"] is False
+    # The metadata addresses are closed to every user but root, first thing on every boot.
+    rules = " ".join(" ".join(command) for command in document["bootcmd"])
+    assert "169.254.169.254/32 uidrange 1-4294967294 prohibit" in rules and "fd00:a9fe:a9fe::1/128" in rules
 
 
 @pytest.mark.skipif(shutil.which("wg") is None, reason="needs wireguard-tools")

@@ -171,10 +171,12 @@ def test_cli_render_writes_each_pop_and_placeholders_for_secrets(tmp_path: Path)
     for pop in ("us", "asia"):
         assert (tmp_path / pop / "nginx.conf").is_file()
         cloud_init = (tmp_path / pop / "cloud-init.yaml").read_text()
-        assert "<SECRET: certbot IAM secret access key" in cloud_init
+        assert "<SECRET: this VM's SSH host key" in cloud_init and "aws_secret_access_key" not in cloud_init
     assert (tmp_path / "us" / render.PEER_CA_FILE).is_file()
+    assert (tmp_path / "us" / render.PEER_SERVER_CERT_FILE).is_file()
     assert (tmp_path / "asia" / render.PEER_CLIENT_CERT_FILE).is_file()
     assert not (tmp_path / "asia" / render.PEER_CLIENT_KEY_FILE).exists()
+    assert not (tmp_path / "us" / render.PEER_SERVER_KEY_FILE).exists()
 
 
 # Strategies for property tests.
@@ -255,8 +257,13 @@ def test_good_configs_always_render(tmp_path_factory: pytest.TempPathFactory, va
         assert (out / pop.name / "nginx.conf") in written
         assert (out / pop.name / "cloud-init.yaml") in written
         upstream = (out / pop.name / "plexcdn-upstream.conf").read_text()
-        expected = render.upstream_of(config, pop.name, render.placeholder_addresses(config)).server
-        assert f"server {expected};" in upstream
+        expected = render.upstream_of(config, pop.name, render.placeholder_addresses(config))
+        if expected.servers_file:
+            # The origin by name: the hub's resolver writes the addresses; until then, the never-resolved file.
+            assert f"include {expected.servers_file};" in upstream
+            assert "server unix:" in (out / pop.name / expected.servers_file).read_text()
+        else:
+            assert f"server {expected.server};" in upstream
 
 
 def test_a_hub_far_from_the_plex_server_is_a_warning_with_its_cost() -> None:

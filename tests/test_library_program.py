@@ -94,7 +94,7 @@ def test_the_swarm_and_each_peer_make_the_expected_resources(swarm: Any) -> None
         SWARM: 1,
         PEER: 3,
         "random:index/randomBytes:RandomBytes": 1,  # the swarm key
-        "tls:index/privateKey:PrivateKey": 3,  # one identity per peer
+        "tls:index/privateKey:PrivateKey": 4,  # one identity per peer, the cloud peer's SSH host key
         "linode:index/instance:Instance": 1,  # the cloud cache node
         "linode:index/firewall:Firewall": 1,
         COMMAND: 3,

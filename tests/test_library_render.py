@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from plexcdn.config import ConfigError, StackConfig, load_stack_file, needs_home_ssh_key
 from plexcdn.library import keys, kubo, render
-from tests.conftest import EXAMPLE_STACK, config_from, example_values, write_stack
+from tests.conftest import EXAMPLE_STACK, config_from, example_values, make_vm_identity, write_stack
 from tests.library_fixtures import library_values
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "kubo-config.schema.json").read_text())
@@ -219,7 +219,7 @@ def test_units_pass_systemd_analyze_verify(config: StackConfig, tmp_path: Path) 
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs cloud-init (Debian package cloud-init)")
 def test_cloud_peer_cloud_init_passes_cloud_init_schema(config: StackConfig, tmp_path: Path) -> None:
     path = tmp_path / "cloud-init.yaml"
-    path.write_text(render.cloud_init(config, "tokyo", "ssh-ed25519 AAAAplaceholder deploy"))
+    path.write_text(render.cloud_init(config, "tokyo", make_vm_identity(config.admin.ssh_public_key)))
     result = subprocess.run(
         ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True, check=False
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from labs.mock_engine import RecordingMonitor, install_mocks
 from plexcdn import iam, render
 from plexcdn.config import StackConfig
-from tests.conftest import config_from, example_values, five_pop_values, wireguard_values
+from tests.conftest import HOME_HOST_KEY, config_from, example_values, five_pop_values, wireguard_values
 
 
 def build(
@@ -69,10 +71,12 @@ def test_example_stack_makes_each_resource_type_the_expected_number_of_times(exa
         counts[registration.type] = counts.get(registration.type, 0) + 1
     assert counts == {
         "plex-cdn:stack_keys:StackKeys": 1,
-        "tls:index/privateKey:PrivateKey": 3,  # deploy key, peer CA key, the edge's client key
+        "digitalocean:index/sshKey:SshKey": 1,
+        # deploy key, peer CA key, a host key per VM, the edge's client key, the hub's peer-port key
+        "tls:index/privateKey:PrivateKey": 6,
         "tls:index/selfSignedCert:SelfSignedCert": 1,
-        "tls:index/certRequest:CertRequest": 1,
-        "tls:index/locallySignedCert:LocallySignedCert": 1,
+        "tls:index/certRequest:CertRequest": 2,
+        "tls:index/locallySignedCert:LocallySignedCert": 2,
         "plex-cdn:certbot_user:CertbotUser": 1,
         "aws:iam/user:User": 1,
         "aws:iam/userPolicy:UserPolicy": 1,
@@ -82,7 +86,7 @@ def test_example_stack_makes_each_resource_type_the_expected_number_of_times(exa
         "digitalocean:index/firewall:Firewall": 1,
         "linode:index/instance:Instance": 1,
         "linode:index/firewall:Firewall": 1,
-        "command:remote:Command": 4,  # boot wait + deploy, per POP
+        "command:remote:Command": 6,  # certbot credentials, boot wait and deploy, per POP
         "command:remote:CopyToRemote": 2,
         "plex-cdn:latency_dns:LatencyDns": 2,
         "aws:route53/healthCheck:HealthCheck": 2,
@@ -193,8 +197,13 @@ def test_secrets_reach_the_engine_as_secrets(example: Any) -> None:
     for command in monitor.of_type("command:remote:Command") + monitor.of_type("command:remote:CopyToRemote"):
         assert any(p.startswith("connection") for p in command.secret_inputs), command.name
     assert "stdin" in monitor.named("asia-nginx-deploy").secret_inputs
+    # The certbot key travels on a command's stdin, never in user_data, which holds the VM's own host key.
+    credentials = monitor.named("us-certbot-credentials")
+    assert "stdin" in credentials.secret_inputs
+    assert "mock-secret-" in credentials.inputs["stdin"]["value"]
     user_data = monitor.named("us-vm").inputs["userData"]["value"]
-    assert "mock-secret-" in user_data, "the real access key reaches the VM's first boot"
+    assert "mock-secret-" not in user_data and "aws_secret_access_key" not in user_data
+    assert "mock-us-ssh-host-key" in user_data, "the VM's host key reaches its first boot"
 
 
 def test_no_secret_value_appears_outside_secret_inputs(example: Any) -> None:
@@ -219,10 +228,16 @@ def test_edge_deploy_renders_the_hub_address_and_writes_the_release(example: Any
     _, monitor, resolved = example
     hub_ipv4 = resolved["pops"]["us"][0]
     create = monitor.named("asia-nginx-deploy").inputs["create"]
-    assert "nginx -t" in create and "systemctl reload nginx" in create
+    assert "nginx -t" in create and "systemctl reload-or-restart nginx" in create
     release = create.split("release-")[1].split('"')[0]
-    upstream = (tmp_path / "asia" / f"release-{release}" / "plexcdn-upstream.conf").read_text()
+    release_dir = tmp_path / "asia" / f"release-{release}" / "nginx"
+    upstream = (release_dir / "plexcdn-upstream.conf").read_text()
     assert f"server {hub_ipv4}:{render.PEER_PORT};" in upstream
+    assert f'default "{release}";' in (release_dir / render.RELEASE_FILE).read_text()
+    # The edge verifies its hub against the stack's own peer CA, not the system's CAs.
+    proxy = (release_dir / "plexcdn-proxy.conf").read_text()
+    assert f"proxy_ssl_trusted_certificate {render.PEER_CA_FILE};" in proxy
+    assert "-----BEGIN CERTIFICATE-----\nmock-keys-peer-ca" in (release_dir / render.PEER_CA_FILE).read_text()
     assert monitor.named("asia-nginx-release").inputs["remotePath"] == render.NGINX_RELEASES_DIR
 
 
@@ -238,7 +253,8 @@ def test_five_pop_tree(tmp_path: Path) -> None:
     assert len(monitor.of_type("plex-cdn:edge_pop:EdgePop")) == 5
     assert len(monitor.of_type("plex-cdn:origin_link:OriginLink")) == 1
     assert len(monitor.of_type("aws:route53/healthCheck:HealthCheck")) == 5
-    assert len(monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")) == 3  # one per edge
+    # A client certificate per edge, a peer-port certificate per POP with downstream POPs (us, eu, asia).
+    assert len(monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")) == 6
     regions = {
         r.inputs["setIdentifier"]: r.inputs["latencyRoutingPolicies"][0]["region"]
         for r in monitor.of_type("aws:route53/record:Record")
@@ -252,7 +268,7 @@ def test_five_pop_tree(tmp_path: Path) -> None:
         "uk": "eu-west-2",
     }
     sg_release = monitor.named("sg-nginx-deploy").inputs["create"].split("release-")[1].split('"')[0]
-    upstream = (tmp_path / "sg" / f"release-{sg_release}" / "plexcdn-upstream.conf").read_text()
+    upstream = (tmp_path / "sg" / f"release-{sg_release}" / "nginx" / "plexcdn-upstream.conf").read_text()
     assert f"server {resolved['pops']['asia'][0]}:{render.PEER_PORT};" in upstream
     peer_port_open = {
         r.name: any(rule.get("portRange") == "8443" or rule.get("ports") == "8443" for rule in _rules(r))
@@ -289,7 +305,7 @@ def test_wireguard_link_keeps_keys_secret_and_outputs_the_home_config(tmp_path: 
 
 def agent_values() -> dict[str, Any]:
     values = example_values()
-    values["origin"]["agent"] = {"listenPort": 32443, "sshHost": "192.168.1.10"}
+    values["origin"]["agent"] = {"listenPort": 32443, "sshHost": "192.168.1.10", "sshHostKey": HOME_HOST_KEY}
     return values
 
 
@@ -313,10 +329,68 @@ def test_origin_agent_is_installed_over_ssh_with_its_key_on_stdin(tmp_path: Path
     assert monitor.named("us-origin-client-cert").parent_type == "plex-cdn:edge_pop:EdgePop"
     assert "stdin" in monitor.named("us-nginx-deploy").secret_inputs
     release = monitor.named("us-nginx-deploy").inputs["create"].split("release-")[1].split('"')[0]
-    release_dir = tmp_path / "us" / f"release-{release}"
+    release_dir = tmp_path / "us" / f"release-{release}" / "nginx"
     assert "-----BEGIN CERTIFICATE-----\nmock-keys-origin-ca" in (release_dir / render.ORIGIN_CA_FILE).read_text()
     proxy = (release_dir / "plexcdn-proxy.conf").read_text()
     assert f"proxy_ssl_certificate {render.ORIGIN_CLIENT_CERT_FILE};" in proxy
     assert f"proxy_ssl_trusted_certificate {render.ORIGIN_CA_FILE};" in proxy
     upstream = (release_dir / "plexcdn-upstream.conf").read_text()
-    assert f"server {config.origin.host}:32443;" in upstream
+    # home.example.net is a name: the hub's resolver keeps its addresses in a file the upstream includes.
+    assert f"include {render.ORIGIN_SERVERS_FILE};" in upstream
+    programs = tmp_path / "us" / f"release-{release}" / "sbin"
+    assert (programs / render.ORIGIN_RESOLVER_PROGRAM).read_text().startswith("#!/usr/bin/env python3")
+    assert f"--host {config.origin.host} --port 32443" in monitor.named("us-nginx-deploy").inputs["create"]
+
+
+def test_dns_names_a_pop_only_once_its_deploy_has_run(example: Any) -> None:
+    _, monitor, _ = example
+    for pop in ("us", "asia"):
+        deploy = monitor.named(f"{pop}-nginx-deploy").urn
+        children = [r for r in monitor.registrations if r.name.startswith(f"{pop}-dns-") and r.custom]
+        assert len(children) == 5  # the health check, shared and own A and AAAA
+        for child in children:
+            assert deploy in child.depends_on, child.name
+
+
+def test_every_connection_pins_the_host_key_of_the_machine_it_reaches(example: Any) -> None:
+    _, monitor, _ = example
+    for pop in ("us", "asia"):
+        host_key = monitor.named(f"{pop}-ssh-host-key")
+        assert host_key.inputs["algorithm"] == "ED25519" and host_key.parent_type == "plex-cdn:edge_pop:EdgePop"
+        expected = "ssh-ed25519 " + base64.b64encode(hashlib.sha256(f"{pop}-ssh-host-key".encode()).digest()).decode()
+        steps = [r for r in monitor.registrations if r.type.startswith("command:remote:") and r.name.startswith(pop)]
+        assert len(steps) == 4
+        for step in steps:
+            connection = step.inputs["connection"]["value"]
+            assert connection["hostKey"] == expected, step.name
+        # The private half reaches the VM only inside its (secret) user_data.
+        assert any("userData" in path for path in monitor.named(f"{pop}-vm").secret_inputs)
+        assert f"mock-{pop}-ssh-host-key" in _user_data(monitor, pop)
+
+
+def _user_data(monitor: RecordingMonitor, pop: str) -> str:
+    inputs = monitor.named(f"{pop}-vm").inputs
+    if "userData" in inputs:
+        return str(inputs["userData"]["value"])
+    return base64.b64decode(inputs["metadatas"][0]["userData"]["value"]).decode()
+
+
+def test_droplets_carry_the_stacks_one_digitalocean_ssh_key(tmp_path: Path) -> None:
+    values = five_pop_values()
+    config = config_from(values)
+    monitor, _ = build(config, tmp_path)
+    keys = monitor.of_type("digitalocean:index/sshKey:SshKey")
+    assert len(keys) == 1
+    assert keys[0].inputs["name"] == f"plex-cdn-{config.stack}-deploy"
+    fingerprint = ":".join(f"{b:02x}" for b in hashlib.sha256(keys[0].name.encode()).digest()[:16])
+    droplets = monitor.of_type("digitalocean:index/droplet:Droplet")
+    assert len(droplets) == 3
+    for droplet in droplets:
+        assert droplet.inputs["sshKeys"] == [fingerprint], droplet.name
+
+
+def test_a_stack_without_droplets_adds_no_key_to_a_digitalocean_account(tmp_path: Path) -> None:
+    values = example_values()
+    values["pops"][0].update(provider="linode", region="us-east", size="g6-nanode-1")
+    monitor, _ = build(config_from(values), tmp_path)
+    assert monitor.of_type("digitalocean:index/sshKey:SshKey") == []

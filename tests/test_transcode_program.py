@@ -111,7 +111,7 @@ def test_both_kinds_of_slave_and_the_origin_make_the_expected_resources(mixed: A
         "linode:index/instance:Instance": 1,
         "linode:index/firewall:Firewall": 1,
         "random:index/randomBytes:RandomBytes": 3,  # each cloud slave's tunnel key and the origin's
-        "tls:index/privateKey:PrivateKey": 1,  # the dispatch key
+        "tls:index/privateKey:PrivateKey": 3,  # the dispatch key, each cloud slave's SSH host key
         # per cloud slave its tunnel key and set-up, the host slave's set-up, and on the origin the dispatch
         # key, the tunnel key, the share and the dispatcher
         COMMAND: 2 * 2 + 1 + 4,

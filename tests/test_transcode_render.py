@@ -17,7 +17,7 @@ from plexcdn import wireguard
 from plexcdn.config import StackConfig
 from plexcdn.transcode import dispatcher
 from plexcdn.transcode import render as tr
-from tests.conftest import config_from
+from tests.conftest import config_from, make_vm_identity
 from tests.transcode_fixtures import (
     APP_DATA,
     MEDIA,
@@ -219,8 +219,9 @@ def test_the_reinstall_units_pass_systemd_analyze_verify(config: StackConfig, tm
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs cloud-init (Debian package cloud-init)")
 def test_cloud_slave_first_boot_passes_cloud_init_schema(config: StackConfig, tmp_path: Path) -> None:
     path = tmp_path / "slave.yaml"
-    deploy = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployKeyForTheTest plex-cdn-dev-deploy"
-    path.write_text(tr.slave_cloud_init(config, "nyc", deploy))
+    identity = make_vm_identity(config.admin.ssh_public_key)
+    deploy = identity.deploy_public_key
+    path.write_text(tr.slave_cloud_init(config, "nyc", identity))
     result = subprocess.run(
         ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True, check=False
     )

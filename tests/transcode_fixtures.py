@@ -6,7 +6,7 @@ import re
 import shlex
 from typing import Any
 
-from tests.conftest import example_values
+from tests.conftest import HOME_HOST_KEY, example_values
 
 PLEX_VERSION = "1.41.3.9314-a0bfb8370"
 ORIGIN_HOST = "192.168.1.10"
@@ -20,7 +20,7 @@ def transcode_values(**changes: Any) -> dict[str, Any]:
     purpose (spaces, '&', '$')."""
     values = example_values()
     values["transcode"] = {
-        "origin": {"host": ORIGIN_HOST, "port": 2200, "user": "admin"},
+        "origin": {"host": ORIGIN_HOST, "port": 2200, "user": "admin", "hostKey": HOME_HOST_KEY},
         "plexVersion": PLEX_VERSION,
         "plexUid": 999,
         "plexGid": 998,
@@ -30,7 +30,14 @@ def transcode_values(**changes: Any) -> dict[str, Any]:
         "tunnelSubnet": "10.78.0.0/24",
         "wireguardPort": 51821,
         "slaves": [
-            {"name": "den", "kind": "host", "host": "192.168.1.20", "port": 2222, "user": "root"},
+            {
+                "name": "den",
+                "kind": "host",
+                "host": "192.168.1.20",
+                "port": 2222,
+                "user": "root",
+                "hostKey": HOME_HOST_KEY,
+            },
             {"name": "nyc", "kind": "cloud", "provider": "digitalocean", "region": "nyc3", "size": "c-4"},
             {
                 "name": "tokyo",
@@ -48,8 +55,8 @@ def transcode_values(**changes: Any) -> dict[str, Any]:
 def host_only_values() -> dict[str, Any]:
     values = transcode_values()
     values["transcode"]["slaves"] = [
-        {"name": "den", "kind": "host", "host": "192.168.1.20", "user": "admin"},
-        {"name": "attic", "kind": "host", "host": "192.168.1.21"},
+        {"name": "den", "kind": "host", "host": "192.168.1.20", "user": "admin", "hostKey": HOME_HOST_KEY},
+        {"name": "attic", "kind": "host", "host": "192.168.1.21", "hostKey": HOME_HOST_KEY},
     ]
     del values["transcode"]["tunnelSubnet"]
     return values

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from plexcdn import vm_identity
 from plexcdn.config import LibraryConfig, LibraryPeerConfig, StackConfig
 from plexcdn.library import keys, kubo, warmer, watcher
 from plexcdn.transcode.render import HEREDOC_END, as_root, render_template
+from plexcdn.vm_identity import VmIdentity
 
 IPFS_USER: Final = "plexcdn-ipfs"
 # kubo's filestore (seeders add media in place, not copied) takes only files below the repository's parent
@@ -272,13 +274,12 @@ def warmer_unit(config: StackConfig, peer_name: str) -> str:
     )
 
 
-def cloud_init(config: StackConfig, peer_name: str, deploy_public_key: str) -> str:
+def cloud_init(config: StackConfig, peer_name: str, identity: VmIdentity | None = None) -> str:
     return render_template(
         "library/cloud-init.yaml.j2",
         stack=config.stack,
         peer=_require_library(config).peer(peer_name),
-        admin_ssh_public_key=config.admin.ssh_public_key,
-        deploy_public_key=deploy_public_key.strip(),
+        **vm_identity.template_context(identity or vm_identity.placeholder_identity(config.admin.ssh_public_key)),
     )
 
 

@@ -22,9 +22,10 @@ from typing import Any, Final
 
 import jinja2
 
-from plexcdn import TEMPLATES_DIR
+from plexcdn import TEMPLATES_DIR, vm_identity
 from plexcdn.config import PLEX_HOME, StackConfig, TranscodeConfig
 from plexcdn.transcode import dispatcher
+from plexcdn.vm_identity import VmIdentity
 
 DISPATCHER_SOURCE: Final = Path(dispatcher.__file__)
 PLEX_DIR: Final = "/usr/lib/plexmediaserver"
@@ -290,13 +291,12 @@ def placeholder_peers(config: StackConfig) -> dict[str, CloudPeer]:
 # Scripts
 
 
-def slave_cloud_init(config: StackConfig, slave_name: str, deploy_public_key: str) -> str:
+def slave_cloud_init(config: StackConfig, slave_name: str, identity: VmIdentity | None = None) -> str:
     return render_template(
         "transcode/slave-cloud-init.yaml.j2",
         stack=config.stack,
         slave=_transcode(config).slave(slave_name),
-        admin_ssh_public_key=config.admin.ssh_public_key,
-        deploy_public_key=deploy_public_key.strip(),
+        **vm_identity.template_context(identity or vm_identity.placeholder_identity(config.admin.ssh_public_key)),
     )
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -139,10 +138,8 @@ def _read_response(connection: ssl.SSLSocket, timeout: float = 15) -> bytes:
 def test_certbot_venv_has_the_pops_pinned_versions_and_honours_the_route53_endpoint(config: StackConfig) -> None:
     venv = ensure_certbot_venv()
     assert certbot_venv_versions(venv) == (render.CERTBOT_VERSION, render.CERTBOT_VERSION)
-    runcmd = yaml.safe_load(render.cloud_init(config, POP))["runcmd"]
-    pip_install = next(step for step in runcmd if "install" in step and str(step[0]).endswith("/pip"))
-    assert f"certbot=={render.CERTBOT_VERSION}" in pip_install
-    assert f"certbot-dns-route53=={render.CERTBOT_VERSION}" in pip_install
+    first_boot = cloud_init_files(render.cloud_init(config, POP))[render.FIRST_BOOT_PATH].content
+    assert f'"certbot=={render.CERTBOT_VERSION}" "certbot-dns-route53=={render.CERTBOT_VERSION}"' in first_boot
     assert route53_endpoint_seen_by_certbot(venv, "http://127.0.0.1:9") == "http://127.0.0.1:9"
 
 
@@ -159,10 +156,11 @@ def test_lab_runs_the_rendered_files_and_differs_from_the_pop_only_in_its_env_va
     for key in PREFIXED_ENV_KEYS:
         pop_value, lab_value = differences[key]
         assert lab_value == str(lab.root) + pop_value
+    # The credentials reach a POP on the stdin of a command, as the deploy sends them.
+    assert CREDENTIALS_PATH not in rendered
     credentials = lab.path(CREDENTIALS_PATH)
-    assert rendered[CREDENTIALS_PATH].permissions == 0o600
     assert credentials.stat().st_mode & 0o777 == 0o600
-    assert lab.boot.aws_access_key_id in credentials.read_text()
+    assert credentials.read_text() == lab.credentials and lab.access_key_id in lab.credentials
 
 
 def test_first_issuance_puts_the_certificate_where_nginx_reads_it(issued: IssuedLab) -> None:
@@ -223,8 +221,11 @@ def test_nginx_serves_the_chain_pebble_issued_for_every_name(issued: IssuedLab) 
             der = connection.getpeercert(binary_form=True)
             assert connection.version() in ("TLSv1.2", "TLSv1.3")
         assert der == issued_leaf.public_bytes(serialization.Encoding.DER)
-    # The hub's peer port serves the same certificate.
-    assert _served_serial(lab, lab.cert_name, port=render.PEER_PORT) == issued_leaf.serial_number
+    # The hub's peer port serves the stack's own peer certificate instead: the backbone never needs Let's Encrypt.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        lab.connect(lab.cert_name, port=render.PEER_PORT)
+    peer_certificate = (lab.nginx_dir / render.PEER_SERVER_CERT_FILE).read_bytes()
+    assert x509.load_pem_x509_certificate(peer_certificate).issuer == lab.peer_ca.root.subject
 
 
 def test_forced_renewal_reloads_nginx_with_the_new_certificate_without_dropping_a_connection(

@@ -32,7 +32,7 @@ from labs.swarm_lab import (
 from plexcdn.config import StackConfig
 from plexcdn.library import render
 from plexcdn.library.keys import PeerIdentity, identity, private_key_pem, swarm_key_file
-from tests.conftest import config_from, example_values
+from tests.conftest import HOME_HOST_KEY, config_from, example_values
 
 UNAVAILABLE = swarm_lab_unavailable_reason()
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE))]
@@ -67,8 +67,19 @@ def lab_stack(addresses: dict[str, str]) -> StackConfig:
     values = example_values()
     values["library"] = {
         "swarm": "lab",
-        "seeders": [{"name": "seed", "kind": "host", "host": addresses["seed"], "mediaDir": "/srv/media"}],
-        "viewers": [{"name": name, "kind": "host", "host": addresses[name], "plex": False} for name in STACK_PEERS[1:]],
+        "seeders": [
+            {
+                "name": "seed",
+                "kind": "host",
+                "host": addresses["seed"],
+                "hostKey": HOME_HOST_KEY,
+                "mediaDir": "/srv/media",
+            }
+        ],
+        "viewers": [
+            {"name": name, "kind": "host", "host": addresses[name], "hostKey": HOME_HOST_KEY, "plex": False}
+            for name in STACK_PEERS[1:]
+        ],
     }
     return config_from(values, "lab")
 

@@ -1,7 +1,8 @@
 """`nginx -t` on every POP's rendered config, exactly as rendered, with certificates made here.
 
-The hub's upstream may be the Plex server's DNS name, which nginx resolves when it loads the config,
-so each check runs in a network namespace whose /etc/hosts answers it with a lab address.
+The hub's upstream may be the Plex server's DNS name: the hub's plexcdn-origin-resolve writes its
+addresses into a file the upstream includes, so each check runs that program in a network namespace whose
+/etc/hosts answers the name with a lab address (or, in one test, does not answer it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from labs import pop_tree
 from labs.lab_ca import LabCA
 from labs.netns import Lab, lab_unavailable_reason
 from plexcdn import render
@@ -24,17 +26,16 @@ ORIGIN_LAB_ADDRESS = "198.18.250.2"
 PREFIX = f"pcn{os.getpid() % 1000}-"
 
 
-def _write_pop_tree(config: StackConfig, pop: str, prefix: Path) -> Path:
+def _write_pop_tree(config: StackConfig, pop: str, prefix: Path, lab: Lab, role: str = "check") -> Path:
     """Render the POP into `prefix/etc/nginx` and give it the files a real POP has beside the config."""
     conf_dir = prefix / "etc" / "nginx"
+    conf_dir.mkdir(parents=True)
     authority = LabCA.create(prefix / "ca", "nginx check")
     peer_ca = LabCA.create(prefix / "peer-ca", "nginx check peer", intermediate=False)
-    client = peer_ca.issue_client(
-        config.pop_name(pop), prefix / "peer-client.crt", conf_dir / render.PEER_CLIENT_KEY_FILE
-    )
-    peer = render.PeerCertificates(peer_ca.root_path.read_text(), client.cert_path.read_text())
+    peer = pop_tree.peer_certificates(config, pop, peer_ca, conf_dir, prefix)
     for name, text in render.nginx_files(config, pop, prefix=str(prefix), peer=peer).items():
         (conf_dir / name).write_text(text)
+    pop_tree.resolve_origin(lab, role, config, pop, conf_dir)
     authority.issue(config.certificate_names(pop), prefix / "etc" / "letsencrypt", config.pop_name(pop))
     bundle = prefix / "etc" / "ssl" / "certs" / "ca-certificates.crt"
     bundle.parent.mkdir(parents=True)
@@ -62,7 +63,7 @@ def resolver_lab() -> Iterator[Lab]:
 @pytest.mark.parametrize(("stack", "pop"), CASES)
 def test_rendered_nginx_config_passes_nginx_t(resolver_lab: Lab, tmp_path: Path, stack: str, pop: str) -> None:
     config = config_from(STACKS[stack]())
-    main = _write_pop_tree(config, pop, tmp_path)
+    main = _write_pop_tree(config, pop, tmp_path, resolver_lab)
     result = resolver_lab.run("check", ["nginx", "-t", "-c", str(main)], check=False)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
@@ -72,7 +73,7 @@ def test_rendered_nginx_config_passes_nginx_t(resolver_lab: Lab, tmp_path: Path,
 def test_every_stream_buffer_size_passes_nginx_t(resolver_lab: Lab, tmp_path: Path, buffer_mb: int) -> None:
     values = example_values()
     values["nginx"]["streamBufferMb"] = buffer_mb
-    main = _write_pop_tree(config_from(values), "asia", tmp_path)
+    main = _write_pop_tree(config_from(values), "asia", tmp_path, resolver_lab)
     locations = (main.parent / "plexcdn-locations.conf").read_text()
     assert ("location /library/parts/ {" in locations) == (buffer_mb > 0)
     result = resolver_lab.run("check", ["nginx", "-t", "-c", str(main)], check=False)
@@ -81,25 +82,34 @@ def test_every_stream_buffer_size_passes_nginx_t(resolver_lab: Lab, tmp_path: Pa
 
 def test_nginx_t_catches_a_broken_config(resolver_lab: Lab, tmp_path: Path) -> None:
     config = config_from(example_values())
-    main = _write_pop_tree(config, "asia", tmp_path)
+    main = _write_pop_tree(config, "asia", tmp_path, resolver_lab)
     (main.parent / "plexcdn-upstream.conf").write_text("upstream plexcdn_upstream { server; }\n")
     result = resolver_lab.run("check", ["nginx", "-t", "-c", str(main)], check=False)
     assert result.returncode != 0
     assert "plexcdn-upstream.conf" in result.stderr
 
 
-def test_nginx_t_fails_when_the_origin_name_does_not_resolve(tmp_path: Path) -> None:
+def test_a_hub_whose_origin_name_does_not_resolve_still_passes_nginx_t(tmp_path: Path) -> None:
     config = config_from(example_values())
-    main = _write_pop_tree(config, "us", tmp_path)
     with Lab(PREFIX) as lab:
         lab.add_namespace("nodns", hosts={})
+        main = _write_pop_tree(config, "us", tmp_path, lab, role="nodns")
+        servers = (main.parent / render.ORIGIN_SERVERS_FILE).read_text()
+        assert "server unix:" in servers and "has not resolved yet" in servers
         result = lab.run("nodns", ["nginx", "-t", "-c", str(main)], check=False)
-    assert result.returncode != 0 and "host not found" in result.stderr
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_hub_follows_the_origin_name_to_the_address_it_resolves_to(resolver_lab: Lab, tmp_path: Path) -> None:
+    config = config_from(example_values())
+    main = _write_pop_tree(config, "us", tmp_path, resolver_lab)
+    servers = (main.parent / render.ORIGIN_SERVERS_FILE).read_text()
+    assert f"server {ORIGIN_LAB_ADDRESS}:{config.origin.port};" in servers
 
 
 def test_placeholder_peer_files_are_rejected_rather_than_deployed(resolver_lab: Lab, tmp_path: Path) -> None:
     config = config_from(example_values())
-    main = _write_pop_tree(config, "us", tmp_path)
+    main = _write_pop_tree(config, "us", tmp_path, resolver_lab)
     (main.parent / render.PEER_CA_FILE).write_text(render.PLACEHOLDER_PEER_CA)
     result = resolver_lab.run("check", ["nginx", "-t", "-c", str(main)], check=False)
     assert result.returncode != 0

@@ -139,24 +139,40 @@ def test_the_token_never_reaches_a_log(lab: relay.RelayLab) -> None:
     assert sum(TOKEN in json.dumps(h) for h in headers_seen(lab)) >= 3, "the token still reaches Plex"
 
 
-def _swap_hub_certificate(lab: relay.RelayLab, authority: LabCA, names: list[str]) -> None:
-    lineage = lab.config.pop_name("us")
-    authority.issue(names, lab.pop_dir("us") / "etc" / "letsencrypt", lineage)
+def _swap_hub_peer_certificate(lab: relay.RelayLab, authority: LabCA, name: str) -> None:
+    """Give the hub's peer port (where the edge connects) a certificate for `name` from `authority`."""
+    conf_dir = lab.conf("us").parent
+    authority.issue_server(name, conf_dir / render.PEER_SERVER_CERT_FILE, conf_dir / render.PEER_SERVER_KEY_FILE)
     assert lab.nginx("us", "-s", "reload").returncode == 0
     time.sleep(0.5)
 
 
 def test_edge_refuses_a_hub_with_the_wrong_name_or_the_wrong_ca(lab: relay.RelayLab, tmp_path: Path) -> None:
-    hub_names = list(lab.config.certificate_names("us"))
+    hub_name = lab.config.pop_name("us")
     try:
-        _swap_hub_certificate(lab, lab.ca, ["wrong.example.com"])
+        _swap_hub_peer_certificate(lab, lab.peer_ca, "wrong.example.com")
         assert view(lab, "get", "/identity")["status"] == 502
-        stranger = LabCA.create(tmp_path / "stranger", "unrelated CA")
-        _swap_hub_certificate(lab, stranger, hub_names)
+        stranger = LabCA.create(tmp_path / "stranger", "unrelated CA", intermediate=False)
+        _swap_hub_peer_certificate(lab, stranger, hub_name)
         assert view(lab, "get", "/identity")["status"] == 502
     finally:
-        _swap_hub_certificate(lab, lab.ca, hub_names)
+        _swap_hub_peer_certificate(lab, lab.peer_ca, hub_name)
     assert view(lab, "get", "/identity")["status"] == 200
+
+
+def test_the_backbone_does_not_depend_on_the_hubs_public_certificate(lab: relay.RelayLab, tmp_path: Path) -> None:
+    """The edge checks its hub against the stack's own CA: a public certificate the edge could not verify (a
+    staging one, say) on the hub's viewer port changes nothing for the edge's viewers."""
+    lineage = lab.config.pop_name("us")
+    stranger = LabCA.create(tmp_path / "staging", "a CA the edge does not trust")
+    try:
+        stranger.issue(list(lab.config.certificate_names("us")), lab.pop_dir("us") / "etc" / "letsencrypt", lineage)
+        assert lab.nginx("us", "-s", "reload").returncode == 0
+        time.sleep(0.5)
+        assert view(lab, "get", "/identity")["status"] == 200
+    finally:
+        lab.ca.issue(list(lab.config.certificate_names("us")), lab.pop_dir("us") / "etc" / "letsencrypt", lineage)
+        assert lab.nginx("us", "-s", "reload").returncode == 0
 
 
 def test_the_peer_port_refuses_a_client_without_a_peer_certificate(lab: relay.RelayLab) -> None:
@@ -171,7 +187,7 @@ def test_the_peer_port_refuses_a_client_without_a_peer_certificate(lab: relay.Re
             "-w",
             "%{http_code}",
             "--cacert",
-            str(lab.ca.bundle_path),
+            str(lab.peer_ca.root_path),
             "--resolve",
             f"{lab.config.pop_name('us')}:{render.PEER_PORT}:{hub}",
             f"https://{lab.config.pop_name('us')}:{render.PEER_PORT}/identity",

@@ -16,7 +16,7 @@ from labs import relay_lab as relay
 from labs.lab_ca import LabCA
 from labs.netns import lab_unavailable_reason
 from plexcdn.config import parse_config
-from tests.conftest import example_values
+from tests.conftest import HOME_HOST_KEY, example_values
 from tests.lab.test_relay import headers_seen, view
 
 pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))
@@ -29,7 +29,7 @@ TOKEN = "agent-lab-token-7f3a9c"
 @pytest.fixture(scope="module")
 def lab() -> Iterator[relay.RelayLab]:
     values = example_values()
-    values["origin"]["agent"] = {"listenPort": AGENT_PORT}
+    values["origin"]["agent"] = {"listenPort": AGENT_PORT, "sshHostKey": HOME_HOST_KEY}
     root = Path(tempfile.mkdtemp(prefix="plexcdn-agent-"))
     root.chmod(0o755)
     try:
@@ -86,7 +86,12 @@ def test_the_agent_refuses_a_client_without_the_hubs_certificate(lab: relay.Rela
     client = stranger.issue_client("plex-us.example.com", tmp_path / "c.crt", tmp_path / "c.key")
     assert _curl_agent_from_hub(lab, "--cert", str(client.cert_path), "--key", str(client.key_path)) == "400"
     hub_conf = lab.conf("us").parent
-    mine = ["--cert", str(lab.pop_dir("us") / "client.crt"), "--key", str(hub_conf / "plexcdn-origin-client.key")]
+    mine = [
+        "--cert",
+        str(lab.pop_dir("us") / "origin-client.crt"),
+        "--key",
+        str(hub_conf / "plexcdn-origin-client.key"),
+    ]
     assert _curl_agent_from_hub(lab, *mine) == "200", "the hub's own certificate gets through"
 
 

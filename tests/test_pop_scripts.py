@@ -1,0 +1,224 @@
+"""A POP's first boot, deploy steps and the hub's origin resolver: checked by shellcheck and systemd-analyze,
+and the resolver run for real against files and stand-in nginx commands."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plexcdn import origin_resolver, render
+from plexcdn.config import StackConfig
+from tests.conftest import config_from, example_values, five_pop_values, wireguard_values
+
+RESOLVER = Path(render.__file__).with_name("origin_resolver.py")
+
+
+def pop_scripts(config: StackConfig) -> dict[str, str]:
+    """Every shell script a POP runs, by a name for the report."""
+    scripts: dict[str, str] = {}
+    for pop in config.pops:
+        cloud_init_files = {path: text for path, text in render.certbot_files(config, pop.name).items()}
+        scripts[f"{pop.name}-issue"] = cloud_init_files["/usr/local/sbin/plexcdn-issue-certificate"]
+        scripts[f"{pop.name}-reload-hook"] = cloud_init_files[
+            "/etc/letsencrypt/renewal-hooks/deploy/plexcdn-reload-nginx"
+        ]
+        scripts[f"{pop.name}-first-boot"] = first_boot_of(config, pop.name)
+        release = render.pop_release(config, pop.name)
+        scripts[f"{pop.name}-deploy"] = "#!/bin/sh\n" + render.deploy_nginx_script(config, pop.name, release)
+        scripts[f"{pop.name}-credentials"] = "#!/bin/sh\n" + render.install_credentials_script(
+            config, pop.name, "AKIAEXAMPLE"
+        )
+        scripts[f"{pop.name}-boot-wait"] = "#!/bin/sh\n" + render.wait_for_first_boot_script(config, pop.name)
+    return scripts
+
+
+def first_boot_of(config: StackConfig, pop: str) -> str:
+    import yaml
+
+    document = yaml.safe_load(render.cloud_init(config, pop))
+    return next(entry["content"] for entry in document["write_files"] if entry["path"] == render.FIRST_BOOT_PATH)
+
+
+@pytest.mark.parametrize("values", [example_values, five_pop_values, wireguard_values], ids=lambda v: v.__name__)
+def test_every_pop_script_passes_shellcheck_as_posix_sh(values: object, tmp_path: Path) -> None:
+    config = config_from(values())  # type: ignore[operator]
+    paths = []
+    for name, script in pop_scripts(config).items():
+        path = tmp_path / f"{name}.sh"
+        path.write_text(script)
+        paths.append(str(path))
+    result = subprocess.run(["shellcheck", "--shell=sh", *paths], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+    for path in paths:
+        assert subprocess.run(["sh", "-n", path], check=False).returncode == 0, path
+
+
+def test_the_hubs_resolver_units_pass_systemd_analyze(tmp_path: Path) -> None:
+    config = config_from(example_values())
+    release = render.pop_release(config, "us")
+    assert set(release.units) == set(render.ORIGIN_RESOLVER_UNITS)
+    program = tmp_path / "usr" / "local" / "sbin" / render.ORIGIN_RESOLVER_PROGRAM
+    program.parent.mkdir(parents=True)
+    program.write_text(release.programs[render.ORIGIN_RESOLVER_PROGRAM])
+    program.chmod(0o755)
+    for name, text in release.units.items():
+        (tmp_path / name).write_text(text.replace("/usr/local/sbin/", f"{program.parent}/"))
+    units = [str(tmp_path / name) for name in sorted(release.units)]
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    service = release.units["plexcdn-origin-resolve.service"]
+    assert f"--host {config.origin.host} --port {config.origin.port}" in service and "--reload" in service
+
+
+def test_only_a_hub_that_reaches_the_origin_by_name_gets_the_resolver() -> None:
+    config = config_from(example_values())
+    assert render.pop_release(config, "asia").units == {}
+    by_address = example_values()
+    by_address["origin"]["host"] = "203.0.114.50"
+    del by_address["origin"]["verifyName"]
+    release = render.pop_release(config_from(by_address), "us")
+    assert release.units == {} and release.programs == {}
+    assert "server 203.0.114.50:32400;" in release.nginx["plexcdn-upstream.conf"]
+    assert render.pop_release(config_from(wireguard_values()), "us").units == {}
+
+
+def test_the_release_id_covers_the_resolver_and_is_what_nginx_reports() -> None:
+    config = config_from(example_values())
+    release = render.pop_release(config, "us")
+    assert f'default "{release.id}";' in release.nginx[render.RELEASE_FILE]
+    without_resolver = render.release_id(release.nginx)
+    assert without_resolver != release.id, "the resolver program and units are part of the release"
+    assert f'"$(curl -fsS --max-time 2 http://127.0.0.1{render.RELEASE_PATH}' in render.deploy_nginx_script(
+        config, "us", release
+    )
+
+
+def test_the_deploy_reads_exactly_the_pops_private_keys_from_stdin() -> None:
+    config = config_from(five_pop_values())
+    assert render.secret_files(config, "us") == (render.PEER_SERVER_KEY_FILE,)
+    assert render.secret_files(config, "asia") == (render.PEER_CLIENT_KEY_FILE, render.PEER_SERVER_KEY_FILE)
+    assert render.secret_files(config, "sg") == (render.PEER_CLIENT_KEY_FILE,)
+    script = render.deploy_nginx_script(config, "asia", render.pop_release(config, "asia"))
+    assert f"/etc/nginx {render.PEER_CLIENT_KEY_FILE} {render.PEER_SERVER_KEY_FILE}" in script
+
+
+# --- the resolver, run ---------------------------------------------------------------------------------------
+
+
+def fixed(*addresses: str) -> origin_resolver.Resolver:
+    return lambda host, port: list(addresses)
+
+
+def test_resolve_prefers_ipv4_and_sorts_by_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::1", 32400, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.9", 32400)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.10", 32400)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.9", 32400)),
+    ]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: answers)
+    assert origin_resolver.resolve("home.example.net", 32400) == ["203.0.113.9", "203.0.113.10"]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: answers[:1])
+    assert origin_resolver.resolve("home.example.net", 32400) == ["2001:db8::1"]
+
+
+def test_resolve_answers_nothing_for_a_name_that_does_not_resolve() -> None:
+    assert origin_resolver.resolve("name.invalid", 32400) == []
+    assert origin_resolver.resolve("localhost", 32400) in (["127.0.0.1"], ["::1"])
+
+
+def update(servers: Path, resolver: origin_resolver.Resolver, test: list[str], reload: list[str]) -> tuple[int, str]:
+    return origin_resolver.update(
+        "home.example.net", 32400, str(servers), reload=True, resolver=resolver, nginx_test=test, nginx_reload=reload
+    )
+
+
+def test_a_new_address_is_written_tested_and_reloaded(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.conf"
+    log = tmp_path / "log"
+    test = ["sh", "-c", f"echo test >> {log}"]
+    reload = ["sh", "-c", f"echo reload >> {log}"]
+    status, message = origin_resolver.update(
+        "home.example.net",
+        32400,
+        str(servers),
+        reload=True,
+        resolver=fixed("203.0.113.9"),
+        nginx_test=test,
+        nginx_reload=reload,
+    )
+    assert status == 0 and "now resolves to 203.0.113.9" in message
+    assert "server 203.0.113.9:32400;\n" in servers.read_text()
+    assert log.read_text() == "test\nreload\n"
+    # Unchanged: nothing is written and nginx is left alone.
+    status, message = origin_resolver.update(
+        "home.example.net",
+        32400,
+        str(servers),
+        reload=True,
+        resolver=fixed("203.0.113.9"),
+        nginx_test=test,
+        nginx_reload=reload,
+    )
+    assert (status, message) == (0, "") and log.read_text() == "test\nreload\n"
+    # Moved (dynamic DNS), with an IPv6 address: nginx's bracketed form.
+    origin_resolver.update(
+        "home.example.net",
+        32400,
+        str(servers),
+        reload=True,
+        resolver=fixed("2001:db8::7"),
+        nginx_test=test,
+        nginx_reload=reload,
+    )
+    assert "server [2001:db8::7]:32400;\n" in servers.read_text()
+    assert log.read_text().count("reload") == 2
+
+
+def test_a_name_that_stops_resolving_keeps_its_last_addresses(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.conf"
+    origin_resolver.update("home.example.net", 32400, str(servers), reload=False, resolver=fixed("203.0.113.9"))
+    before = servers.read_text()
+    status, message = origin_resolver.update("home.example.net", 32400, str(servers), reload=True, resolver=fixed())
+    assert status == 0 and "keeping its last addresses" in message
+    assert servers.read_text() == before
+
+
+def test_a_name_that_never_resolved_points_nginx_at_a_socket_that_answers_502(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.conf"
+    status, _ = origin_resolver.update("home.example.net", 32400, str(servers), reload=False, resolver=fixed())
+    assert status == 0
+    assert f"server unix:{origin_resolver.UNRESOLVED_SOCKET};" in servers.read_text()
+    assert not origin_resolver.has_addresses(servers.read_text())
+
+
+def test_a_config_nginx_refuses_leaves_the_previous_servers(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.conf"
+    origin_resolver.update("home.example.net", 32400, str(servers), reload=False, resolver=fixed("203.0.113.9"))
+    before = servers.read_text()
+    status, message = origin_resolver.update(
+        "home.example.net", 32400, str(servers), reload=True, resolver=fixed("203.0.113.10"), nginx_test=["false"]
+    )
+    assert status == 1 and "nginx -t refused" in message
+    assert servers.read_text() == before
+
+
+def test_the_program_runs_on_its_own_as_the_hub_runs_it(tmp_path: Path) -> None:
+    """Copied to the hub as one file: it must run without the package on the path."""
+    servers = tmp_path / "servers.conf"
+    result = subprocess.run(
+        [sys.executable, "-I", str(RESOLVER), "--host", "localhost", "--port", "32400", "--servers-file", str(servers)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resolves to" in result.stdout
+    assert origin_resolver.has_addresses(servers.read_text())

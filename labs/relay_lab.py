@@ -6,7 +6,7 @@ Namespaces are joined along the topology by veth pairs (or whatever `build(link=
 benchmark passes emulated links) with addresses from 198.18.0.0/20, nothing has a default route, and
 every name resolves through the namespace's own /etc/hosts.
 
-`python -m plexcdn lab up STACK_FILE` builds it and prints one JSON line; `python -m plexcdn lab down`
+`python -m labs lab up STACK_FILE` builds it and prints one JSON line; `python -m labs lab down`
 removes it. Tests use `relay_lab()` as a context manager.
 """
 

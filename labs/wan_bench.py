@@ -1,11 +1,11 @@
-"""The WAN benchmark: does the relay beat the direct path, and by how much? (`python -m plexcdn bench`)
+"""The WAN benchmark: does the relay beat the direct path, and by how much? (`python -m labs bench`)
 
 One relay lab (the example stack: viewer -> edge -> hub -> origin) is built with emulated WAN links
 (`labs.wan_emulator`) instead of veth pairs, plus a direct link from the viewer to the Plex stand-in. The
 same viewer then fetches the same media three ways, interleaved over several repetitions:
 
 - `direct`: straight to the Plex server over a long-haul ISP path, TLS with the server's own certificate;
-- `seed`: through the edge and hub running the naive nginx plex-cdn replaces (templates/bench/), with
+- `seed`: through the edge and hub running the naive nginx plex-cdn replaces (labs/templates/), with
   the kernel's stock TCP settings and cubic;
 - `plex-cdn`: through the same POPs running the project's rendered configs, with the sysctl set the
   POP cloud-init applies (BBR among it) set inside the POP namespaces;

@@ -1,4 +1,4 @@
-"""The pure parts of the WAN benchmark (`python -m plexcdn bench`): the player model that turns bytes
+"""The pure parts of the WAN benchmark (`python -m labs bench`): the player model that turns bytes
 arriving into rebuffering, summaries of repetitions, the baseline ("seed") nginx config, the sysctl set a
 POP's cloud-init applies, and the report table.
 

@@ -57,7 +57,7 @@ if command -v pulumi >/dev/null; then
     pulumi stack select dev --create --non-interactive
     pulumi preview --non-interactive --diff || {
         echo "plex-cdn setup: the preview needs AWS credentials for the Route53 zone lookup and provider tokens"
-        echo "  (see README: Stacks and secrets); the offline render above is complete without them."
+        echo "  (see README.md: Deploying); the offline render above is complete without them."
     }
 else
     echo "plex-cdn setup: no Pulumi CLI on PATH; skipping 'pulumi preview' (install it from pulumi.com to deploy)"

@@ -1,6 +1,6 @@
 """The WAN benchmark's pure parts: the player model, the summaries, the baseline config and the POP
 sysctls; and the benchmark's viewer against the lab origin on loopback. The benchmark itself
-(`python -m plexcdn bench`) is not a test: it prints and writes numbers and asserts nothing about them."""
+(`python -m labs bench`) is not a test: it prints and writes numbers and asserts nothing about them."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class LibraryPeer(pulumi.ComponentResource):
                     user_data=user_data,
                     deploy_public_key=args.deploy_public_key,
                     firewall_rules=[
-                        FirewallRule("tcp", 22, [str(config.admin.cidr)], "ssh-admin"),
+                        FirewallRule("tcp", 22, list(config.admin.ssh_sources), "ssh-admin"),
                         FirewallRule("tcp", library.swarm_port, swarm_sources, "ipfs-swarm"),
                     ],
                     tags=["plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-library"],

@@ -101,14 +101,14 @@ def _preflight(args: argparse.Namespace) -> int:
     for finding in report.warnings:
         print(f"warning: {finding.line}", file=sys.stderr)
     for line in report.checked:
-        print(f"ok: {line}")
+        print(f"checked: {line}")
     for line in report.notes:
         print(f"note: {line}")
     for line in report.not_checked:
         print(f"not checked: {line}")
-    unchecked = f"; {len(report.not_checked)} checks not made" if report.not_checked else ""
+    unchecked = f"; {preflight.plural(len(report.not_checked), 'check')} not made" if report.not_checked else ""
     if report.problems:
-        print(f"{args.stack_file}: {len(report.problems)} problems before pulumi up{unchecked}")
+        print(f"{args.stack_file}: {preflight.plural(len(report.problems), 'problem')} before pulumi up{unchecked}")
         return 1
     print(f"{args.stack_file}: no problems found{unchecked}")
     return 0

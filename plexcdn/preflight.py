@@ -110,11 +110,34 @@ class Accounts:
 
 
 def _some(values: Iterable[str]) -> str:
-    ordered = sorted(set(values))
+    return _listed(sorted(set(values)))
+
+
+def _listed(ordered: Sequence[str]) -> str:
     if not ordered:
         return "none"
     more = len(ordered) - LISTED
     return ", ".join(ordered[:LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
+def _nearest(vm: CloudVm, regions_offered: Iterable[str]) -> str:
+    """Other regions, the closest to the one configured first (alphabetical where plex-cdn has no coordinates)."""
+    table = regions.provider_table(vm.provider).regions
+    candidates = sorted(set(regions_offered) - {vm.region})
+    here = table.get(vm.region)
+    if here is not None:
+        candidates.sort(
+            key=lambda slug: (
+                regions.distance_km((here.latitude, here.longitude), (table[slug].latitude, table[slug].longitude))
+                if slug in table
+                else float("inf")
+            )
+        )
+    return _listed(candidates)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _settings(vms: Sequence[CloudVm]) -> str:
@@ -147,25 +170,27 @@ def check_digitalocean(vms: Sequence[CloudVm], facts: DigitalOceanFacts, report:
         if region is None:
             report.problem(
                 f"{vm.setting}.region",
-                f"DigitalOcean has no region {vm.region!r} now; regions that take new Droplets: {_some(usable)}",
+                f"DigitalOcean has no region {vm.region!r} now; regions that take new Droplets: {_nearest(vm, usable)}",
             )
         elif not region.available:
             report.problem(
                 f"{vm.setting}.region",
-                f"DigitalOcean's {vm.region} ({region.name}) takes no new Droplets now; choose one of {_some(usable)}",
+                f"DigitalOcean's {vm.region} ({region.name}) takes no new Droplets now; nearest that do: "
+                f"{_nearest(vm, usable)}",
             )
         else:
             for feature, why in DIGITALOCEAN_FEATURES.items():
                 if feature not in region.features:
                     report.problem(
                         f"{vm.setting}.region",
-                        f"DigitalOcean's {vm.region} has no {feature}, and {why}; choose one of {_some(usable)}",
+                        f"DigitalOcean's {vm.region} has no {feature}, and {why}; nearest regions with it: "
+                        f"{_nearest(vm, usable)}",
                     )
             if image is not None and vm.region not in image.regions:
                 report.problem(
                     f"{vm.setting}.region",
                     f"DigitalOcean does not offer {image_slug} in {vm.region}; regions with it: "
-                    f"{_some(set(image.regions) & set(usable))}",
+                    f"{_nearest(vm, set(image.regions) & set(usable))}",
                 )
         size = facts.sizes.get(vm.size)
         offered_here = [
@@ -205,7 +230,7 @@ def _check_droplet_limit(vms: Sequence[CloudVm], facts: DigitalOceanFacts, repor
     if count + len(new) > account.droplet_limit:
         report.problem(
             "digitalocean account",
-            f"may have {account.droplet_limit} Droplets and has {count}; this stack needs {len(new)} more "
+            f"may have {plural(account.droplet_limit, 'Droplet')} and has {count}; this stack needs {len(new)} more "
             f"({_settings(new)}): delete Droplets you no longer use or ask DigitalOcean to raise the Droplet limit",
         )
     else:
@@ -243,15 +268,15 @@ def _check_linode_region(vm: CloudVm, facts: LinodeFacts, usable: Sequence[str],
         report.problem(
             f"{vm.setting}.region",
             f"Linode has no region {vm.region!r} now; regions with Linodes, Metadata and Cloud Firewalls: "
-            f"{_some(usable)}",
+            f"{_nearest(vm, usable)}",
         )
         return
     for capability, why in LINODE_CAPABILITIES.items():
         if capability not in region.capabilities:
             report.problem(
                 f"{vm.setting}.region",
-                f"Linode's {vm.region} ({region.label}) has no {capability}, and {why}; regions with "
-                f"Linodes, Metadata and Cloud Firewalls: {_some(usable)}",
+                f"Linode's {vm.region} ({region.label}) has no {capability}, and {why}; nearest regions with "
+                f"Linodes, Metadata and Cloud Firewalls: {_nearest(vm, usable)}",
             )
     if region.status != "ok":
         report.warn(f"{vm.setting}.region", f"Linode reports {vm.region} as {region.status!r}: creating may fail now")
@@ -259,7 +284,7 @@ def _check_linode_region(vm: CloudVm, facts: LinodeFacts, usable: Sequence[str],
         report.problem(
             f"{vm.setting}.region",
             f"this Linode account may not create Linodes in {vm.region} (GET /account/availability); choose "
-            f"one of {_some(set(usable) - {vm.region})}",
+            f"one of {_nearest(vm, usable)}",
         )
 
 
@@ -295,8 +320,8 @@ def check_linode(vms: Sequence[CloudVm], facts: LinodeFacts, report: Report) -> 
     existing = {instance.label for instance in facts.instances}
     new = sum(1 for vm in vms if vm.label not in existing)
     report.not_checked.append(
-        f"linode account: room for {new} more Linodes (Linode's API exposes no limit on their number; "
-        f"{len(facts.instances)} exist)"
+        f"linode account: room for {new} more (Linode's API exposes no limit on the number of Linodes; "
+        f"{plural(len(facts.instances), 'Linode')} on the account now)"
     )
     report.not_checked.extend(facts.gaps)
 
@@ -462,8 +487,8 @@ def check_iam(config: StackConfig, facts: AwsFacts, report: Report) -> None:
     if facts.users >= facts.users_quota:
         report.problem(
             "aws account",
-            f"has {facts.users} IAM users of the {facts.users_quota} it may have: pulumi up must create {name}; "
-            "delete an unused user or ask AWS to raise the quota",
+            f"has {plural(facts.users, 'IAM user')} of the {facts.users_quota} it may have: pulumi up must create "
+            f"{name}; delete an unused user or ask AWS to raise the quota",
         )
     else:
         report.checked.append(f"iam: user {name} is free; {facts.users} of {facts.users_quota} IAM users in use")

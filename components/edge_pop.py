@@ -32,10 +32,10 @@ class EdgePopArgs:
 
 
 def firewall_rules(config: StackConfig, pop: str) -> list[FirewallRule]:
-    """SSH from the admin's network only; web ports open; the peer port only where POPs connect."""
+    """SSH from the admin's network and admin.deployFrom only; web ports open; the peer port only where POPs connect."""
     place = topology.place(config, pop)
     rules = [
-        FirewallRule("tcp", 22, [str(config.admin.cidr)], "ssh-admin"),
+        FirewallRule("tcp", 22, list(config.admin.ssh_sources), "ssh-admin"),
         FirewallRule("tcp", 80, list(WORLD), "http"),
         FirewallRule("tcp", 443, list(WORLD), "https"),
     ]

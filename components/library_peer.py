@@ -62,7 +62,7 @@ class LibraryPeer(pulumi.ComponentResource):
                     size=peer.size,
                     user_data=lambda identity: render.cloud_init(config, peer.name, identity),
                     firewall_rules=[
-                        FirewallRule("tcp", 22, [str(config.admin.cidr)], "ssh-admin"),
+                        FirewallRule("tcp", 22, list(config.admin.ssh_sources), "ssh-admin"),
                         FirewallRule("tcp", library.swarm_port, swarm_sources, "ipfs-swarm"),
                     ],
                     tags=["plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-library"],

@@ -50,7 +50,7 @@ def firewall_rules(config: StackConfig) -> list[FirewallRule]:
     (the tunnel's keys are what admit it). The dispatcher's SSH arrives inside the tunnel, past this firewall."""
     assert config.transcode is not None
     return [
-        FirewallRule("tcp", 22, [str(config.admin.cidr)], "ssh-admin"),
+        FirewallRule("tcp", 22, list(config.admin.ssh_sources), "ssh-admin"),
         FirewallRule("udp", config.transcode.wireguard_port, list(WORLD), "wireguard"),
     ]
 

@@ -1,4 +1,6 @@
 """`python -m plexcdn validate|render ...`: check and render a stack offline, without Pulumi or credentials.
+`preflight` asks the providers' APIs, with the credentials in the environment, whether `pulumi up` can make
+the stack today.
 
 `lab ...` and `bench ...` are aliases of `python -m labs ...`: the labs run the rendered configs for real
 in network namespaces and guests (root).
@@ -7,6 +9,7 @@ in network namespaces and guests (root).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
@@ -68,6 +71,49 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    config = _load(args.stack_file)
+    if config is None:
+        return 1
+    # Imported here: validate and render need none of the providers' clients.
+    from plexcdn import preflight
+
+    origin: preflight.DeployOrigin | None = None
+    hosted = os.environ.get(preflight.RUNNER_ENVIRONMENT_ENV) == "github-hosted"
+    address_text = args.address or os.environ.get(preflight.DEPLOY_ADDRESS_ENV)
+    try:
+        if args.detect_address:
+            origin = preflight.DeployOrigin(preflight.detect_public_address(), hosted)
+        elif address_text:
+            origin = preflight.DeployOrigin(ipaddress.ip_address(address_text.strip()), hosted)
+    except ValueError:
+        print(
+            f"error: --address {address_text!r}: use this machine's public IP address, e.g. 198.51.100.4",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as error:
+        print(f"error: --detect-address: {preflight.CHECKIP_URL} did not answer ({error})", file=sys.stderr)
+        return 1
+    report = preflight.run(config, os.environ, origin)
+    for finding in report.problems:
+        print(f"error: {finding.line}", file=sys.stderr)
+    for finding in report.warnings:
+        print(f"warning: {finding.line}", file=sys.stderr)
+    for line in report.checked:
+        print(f"checked: {line}")
+    for line in report.notes:
+        print(f"note: {line}")
+    for line in report.not_checked:
+        print(f"not checked: {line}")
+    unchecked = f"; {preflight.plural(len(report.not_checked), 'check')} not made" if report.not_checked else ""
+    if report.problems:
+        print(f"{args.stack_file}: {preflight.plural(len(report.problems), 'problem')} before pulumi up{unchecked}")
+        return 1
+    print(f"{args.stack_file}: no problems found{unchecked}")
+    return 0
+
+
 def _print_problems(error: ConfigError) -> None:
     for problem in error.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -110,6 +156,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a POP's address for its downstreams' upstream (default: TEST-NET placeholders until pulumi up)",
     )
     render_cmd.set_defaults(handler=_render)
+    preflight_cmd = commands.add_parser(
+        "preflight",
+        help="ask the providers' APIs whether pulumi up can make the stack today; exit 1 with one line per problem",
+        description="Reads DIGITALOCEAN_TOKEN, LINODE_TOKEN and AWS credentials (boto3's usual chain) from the "
+        "environment; a provider without credentials is skipped and listed as not checked.",
+    )
+    preflight_cmd.add_argument("stack_file")
+    where = preflight_cmd.add_mutually_exclusive_group()
+    where.add_argument(
+        "--address",
+        help="the public IP address of the machine that will run pulumi up (default: $PLEXCDN_DEPLOY_ADDRESS): "
+        "checks that the VMs' SSH rule admits it",
+    )
+    where.add_argument(
+        "--detect-address",
+        action="store_true",
+        help="learn this machine's public address from https://checkip.amazonaws.com and check it likewise",
+    )
+    preflight_cmd.set_defaults(handler=_preflight)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

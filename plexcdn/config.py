@@ -124,6 +124,13 @@ class OriginConfig:
 class AdminConfig:
     ssh_public_key: str
     cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+    # The machines that run `pulumi up` when they sit outside `cidr` (a CI runner with a fixed address).
+    deploy_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @property
+    def ssh_sources(self) -> tuple[str, ...]:
+        """The networks every VM's firewall admits on port 22: the admin's, then each deployFrom network."""
+        return tuple(dict.fromkeys([str(self.cidr), *(str(network) for network in self.deploy_from)]))
 
 
 @dataclass(frozen=True)
@@ -645,8 +652,77 @@ def _hub_distance_warnings(origin: OriginConfig, pops: Sequence[PopConfig]) -> l
     return warnings
 
 
+# Networks a cloud firewall never sees as a source: the deploying machine reaches a VM from its public address.
+LOCAL_NETWORKS: Final = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+    )
+)
+DEPLOY_FROM_MAX: Final = 20
+# The broadest deployFrom network: one provider's allocation, not a share of the internet.
+DEPLOY_FROM_MIN_PREFIX: Final = {4: 8, 6: 32}
+
+
+def is_local_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return any(network.version == local.version and network.subnet_of(local) for local in LOCAL_NETWORKS)  # type: ignore[arg-type]
+
+
+def _share(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    return "the whole internet" if network.prefixlen == 0 else "a large share of the internet"
+
+
+def _parse_deploy_from(problems: _Problems, raw: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    path = "admin.deployFrom"
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > DEPLOY_FROM_MAX:
+        problems.add(
+            path,
+            f"must be a list of at most {DEPLOY_FROM_MAX} networks in CIDR form, the public addresses of the machines "
+            f"that run `pulumi up` outside admin.cidr, e.g. [198.51.100.4/32]; got {raw!r}",
+        )
+        return ()
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for index, value in enumerate(raw):
+        setting = f"{path}[{index}]"
+        try:
+            network = ipaddress.ip_network(str(value).strip())
+        except ValueError:
+            problems.add(
+                setting, f"{value!r} is not a network in CIDR form such as 198.51.100.4/32 (host bits must be zero)"
+            )
+            continue
+        if network.prefixlen < DEPLOY_FROM_MIN_PREFIX[network.version]:
+            problems.add(
+                setting,
+                f"{network} would open SSH on every VM to {_share(network)}; "
+                "list the deploying machines' own addresses (e.g. 198.51.100.4/32, at most a "
+                f"/{DEPLOY_FROM_MIN_PREFIX[4]} or an IPv6 /{DEPLOY_FROM_MIN_PREFIX[6]}), or deploy from a self-hosted "
+                "runner inside admin.cidr (docs/ci.md)",
+            )
+            continue
+        if is_local_network(network):
+            problems.add(
+                setting,
+                f"{network} is a private network: a cloud firewall sees the public address a deploying machine's "
+                "router gives it; list that public address instead",
+            )
+            continue
+        networks.append(network)
+    return tuple(networks)
+
+
 def _parse_admin(problems: _Problems, raw: object) -> AdminConfig:
-    reader = _Reader(problems, "admin", raw, ("sshPublicKey", "cidr"))
+    reader = _Reader(problems, "admin", raw, ("sshPublicKey", "cidr", "deployFrom"))
     if raw is None:
         problems.add("admin", "is required (sshPublicKey and cidr)")
     key = reader.string(
@@ -671,7 +747,7 @@ def _parse_admin(problems: _Problems, raw: object) -> AdminConfig:
                 "admin.cidr",
                 f"{cidr_text!r} is not a network in CIDR form such as 203.0.113.7/32 (host bits must be zero)",
             )
-    return AdminConfig(key, cidr)
+    return AdminConfig(key, cidr, _parse_deploy_from(problems, reader.raw.get("deployFrom")))
 
 
 def _parse_nginx(problems: _Problems, raw: object) -> NginxSettings:

@@ -161,7 +161,8 @@ def world_sources(sources: Any) -> list[str]:
 def _ssh_message(setting: str, world: Sequence[str], ports: Any) -> str:
     return (
         f"{setting} admits SSH (tcp port {SSH_PORT}, ports {ports!r}) from {', '.join(world)}; "
-        "allow port 22 from your admin network only (plex-cdn:admin.cidr)"
+        "allow port 22 from your admin network (plex-cdn:admin.cidr) and deploying machines "
+        "(plex-cdn:admin.deployFrom) only"
     )
 
 

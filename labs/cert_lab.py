@@ -6,14 +6,17 @@ What runs, all on this machine:
   used: its botocore ignores AWS_ENDPOINT_URL_ROUTE_53, so it would only ever talk to the real Route53.
 - moto's server on 127.0.0.1 as Route53 and IAM: the hosted zone, the certbot IAM user with the
   stack's policy and its access key. Every request reaches moto's recorder, so the policy can be
-  judged on what certbot really sent (`labs.iam_eval`).
+  judged on what certbot really sent (`labs.iam_eval`). Route53's change-batch rules, which moto
+  leaves out, are installed in it (`labs.moto_route53`): a DELETE must match the record exactly.
 - Pebble (Debian's `pebble`) on 127.0.0.1 as the ACME CA, validating DNS-01 for real: its resolver is
   a small DNS server here that answers TXT queries from the records in moto, as Route53's name
   servers would answer them from the zone.
-- the POP's files taken from the rendered cloud-init's write_files (issuance script, deploy hook,
-  renewal units, AWS credentials file) and written under a prefix directory. Only the env file differs
-  from the POP's: its paths carry the prefix, and ACME_SERVER, NGINX_TEST, NGINX_RELOAD,
-  ISSUE_ATTEMPTS and ISSUE_RETRY_SECONDS point at the lab (`LAB_ENV_OVERRIDES`).
+- the POP's files taken from the rendered cloud-init's write_files (issuance script, DNS hook, deploy
+  hook, renewal units, AWS credentials file) and written under a prefix directory. Only the env file
+  differs from the POP's: its paths carry the prefix, and ACME_SERVER, NGINX_TEST, NGINX_RELOAD,
+  ISSUE_ATTEMPTS and ISSUE_RETRY_SECONDS point at the lab (`LAB_ENV_OVERRIDES`). `add_pop` writes
+  another POP's files under a prefix of its own, against the same Pebble, moto and IAM user, so POPs
+  can validate the shared name at the same time.
 - the POP's rendered nginx config, in a network namespace (`pcc-pop<id>`, 198.18.96.1) so it can bind
   80/443/8443, reached from a second namespace (`pcc-viewer<id>`, 198.18.96.2) as a viewer would.
 
@@ -81,13 +84,20 @@ CREDENTIALS_PATH: Final = render.CREDENTIALS_PATH
 CERTBOT_WRITE_FILES: Final = (
     ENV_FILE_PATH,
     ISSUE_SCRIPT_PATH,
+    render.ACME_DNS_HOOK_PATH,
     DEPLOY_HOOK_PATH,
     RENEW_SERVICE_PATH,
     "/etc/systemd/system/plexcdn-certbot-renew.timer",
 )
 # The env values the lab sets differently from the POP, besides the prefix on the path values.
 LAB_ENV_OVERRIDES: Final = ("ACME_SERVER", "NGINX_TEST", "NGINX_RELOAD", "ISSUE_ATTEMPTS", "ISSUE_RETRY_SECONDS")
-PREFIXED_ENV_KEYS: Final = ("CERTBOT", "LETSENCRYPT_DIR", "AWS_SHARED_CREDENTIALS_FILE")
+PREFIXED_ENV_KEYS: Final = (
+    "CERTBOT",
+    "CERTBOT_PYTHON",
+    "ACME_DNS_HOOK",
+    "LETSENCRYPT_DIR",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
 _CLONE_NEWNET: Final = 0x40000000
 HOST_CERTBOT_DIR: Final = "/etc/letsencrypt"
 MAX_HOLD_SECONDS: Final = 3600
@@ -347,12 +357,13 @@ class MotoRoute53:
         self.port = free_port()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
             "MOTO_ENABLE_RECORDING": "True",
             "MOTO_RECORDER_FILEPATH": str(self.recording),
         }
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", "labs.moto_route53", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -710,6 +721,7 @@ class CertLab:
     dns: ChallengeDns = field(init=False)
     pebble: Pebble = field(init=False)
     access_key_id: str = field(init=False)
+    secret_access_key: str = field(init=False)
     credentials: str = field(init=False)  # what the deploy writes to the POP from a command's stdin
     zone_id: str | None = field(init=False, default=None)
     network: Lab | None = field(init=False, default=None)
@@ -740,9 +752,13 @@ class CertLab:
     def lab_dir(self) -> Path:
         return self.workdir / "lab"
 
-    def path(self, pop_path: str) -> Path:
+    def pop_root(self, pop: str | None = None) -> Path:
+        """The prefix a POP's files are under: the lab's POP, or one added with `add_pop`."""
+        return self.root if pop is None or pop == self.pop else self.workdir / f"pop-{pop}"
+
+    def path(self, pop_path: str, pop: str | None = None) -> Path:
         """Where a path of the POP is in the lab."""
-        return Path(str(self.root) + pop_path)
+        return Path(str(self.pop_root(pop)) + pop_path)
 
     @property
     def cert_name(self) -> str:
@@ -781,6 +797,9 @@ class CertLab:
     def live_dir(self) -> Path:
         return self.letsencrypt_dir / "live" / self.cert_name
 
+    def live_dir_of(self, pop: str) -> Path:
+        return self.path("/etc/letsencrypt", pop) / "live" / self.config.certificate_names(pop)[0]
+
     # set-up ----------------------------------------------------------------
 
     def start(self) -> None:
@@ -795,7 +814,7 @@ class CertLab:
         self._started.append("moto")
         self.moto.start()
         key_id, secret = self.moto.create_user_with_key(self.iam_user)
-        self.access_key_id = key_id
+        self.access_key_id, self.secret_access_key = key_id, secret
         self.credentials = render.credentials_file(key_id, secret)
         if self.zone_at_start:
             self.create_zone()
@@ -820,11 +839,11 @@ class CertLab:
             raise LabError("there is no hosted zone yet, so no policy")
         return iam.certbot_policy(self.zone_id, self.config.all_certificate_names())
 
-    def cloud_init(self) -> str:
-        return render.cloud_init(self.config, self.pop)
+    def cloud_init(self, pop: str | None = None) -> str:
+        return render.cloud_init(self.config, pop or self.pop)
 
-    def _write(self, pop_path: str, content: str, mode: int) -> Path:
-        target = self.path(pop_path)
+    def _write(self, pop_path: str, content: str, mode: int, pop: str | None = None) -> Path:
+        target = self.path(pop_path, pop)
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             target.unlink()
@@ -834,38 +853,55 @@ class CertLab:
         target.chmod(mode)
         return target
 
-    def _write_pop_files(self) -> None:
-        written_files = cloud_init_files(self.cloud_init())
+    def _write_certbot_files(self, pop: str | None = None) -> None:
+        written_files = cloud_init_files(self.cloud_init(pop))
         for pop_path in CERTBOT_WRITE_FILES:
             written = written_files[pop_path]
-            self._write(written.path, written.content, written.permissions)
-        self._write(CREDENTIALS_PATH, self.credentials, 0o600)
-        rendered_env = self.cloud_init_file(ENV_FILE_PATH)
-        self._write(ENV_FILE_PATH, self.lab_env_text(), rendered_env.permissions)
-        certbot_link = self.path("/opt/certbot")
+            self._write(written.path, written.content, written.permissions, pop)
+        self._write(CREDENTIALS_PATH, self.credentials, 0o600, pop)
+        rendered_env = written_files[ENV_FILE_PATH]
+        self._write(ENV_FILE_PATH, self.lab_env_text(pop), rendered_env.permissions, pop)
+        certbot_link = self.path("/opt/certbot", pop)
         certbot_link.parent.mkdir(parents=True, exist_ok=True)
         if not certbot_link.is_symlink():
             certbot_link.symlink_to(self.venv or certbot_venv_path())
+
+    def _write_pop_files(self) -> None:
+        self._write_certbot_files()
         self._write_nginx_files()
         (self.lab_dir / "home").mkdir(exist_ok=True)
+
+    def add_pop(self, pop: str) -> Path:
+        """Another POP of the stack with its own certbot files, against the same Pebble, moto and IAM user."""
+        if pop == self.pop or pop not in {p.name for p in self.config.pops}:
+            raise LabError(f"{pop!r} is not another POP of the stack")
+        self.pop_root(pop).mkdir(exist_ok=True)
+        self._write_certbot_files(pop)
+        return self.pop_root(pop)
 
     def cloud_init_file(self, pop_path: str) -> WrittenFile:
         return cloud_init_files(self.cloud_init())[pop_path]
 
-    def lab_env_overrides(self) -> dict[str, str]:
+    def lab_env_overrides(self, pop: str | None = None) -> dict[str, str]:
         namespace = NETNS_PREFIX + self.pop_role
-        return {
-            "ACME_SERVER": self.pebble.directory_url,
+        nginx = {
             "NGINX_TEST": f"ip netns exec {namespace} nginx -t -q -c {self.nginx_conf}",
             "NGINX_RELOAD": f"ip netns exec {namespace} nginx -s reload -c {self.nginx_conf}",
+        }
+        if pop is not None and pop != self.pop:
+            # nginx runs for the lab's own POP only: the others' deploy hook has nothing to test or reload.
+            nginx = {"NGINX_TEST": "true", "NGINX_RELOAD": "true"}
+        return {
+            "ACME_SERVER": self.pebble.directory_url,
+            **nginx,
             "ISSUE_ATTEMPTS": str(self.issue_attempts),
             "ISSUE_RETRY_SECONDS": str(self.issue_retry_seconds),
         }
 
-    def lab_env_text(self) -> str:
+    def lab_env_text(self, pop: str | None = None) -> str:
         """The POP's env file rendered with the lab's prefix, with only LAB_ENV_OVERRIDES changed."""
-        prefixed = render.certbot_files(self.config, self.pop, prefix=str(self.root))[ENV_FILE_PATH]
-        return override_environment_file(prefixed, self.lab_env_overrides())
+        prefixed = render.certbot_files(self.config, pop or self.pop, prefix=str(self.pop_root(pop)))[ENV_FILE_PATH]
+        return override_environment_file(prefixed, self.lab_env_overrides(pop))
 
     def env_differences(self) -> dict[str, tuple[str, str]]:
         """Every key whose value differs between the POP's env file and the lab's: (POP value, lab value)."""
@@ -908,13 +944,13 @@ class CertLab:
 
     # running the POP's scripts ---------------------------------------------------------------------------
 
-    def script_environment(self) -> dict[str, str]:
+    def script_environment(self, pop: str | None = None) -> dict[str, str]:
         """The process environment the lab gives the scripts, on top of what they read from the env file."""
         return {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(self.lab_dir / "home"),
             "LANG": "C.UTF-8",
-            "PLEXCDN_CERTBOT_ENV": str(self.path(ENV_FILE_PATH)),
+            "PLEXCDN_CERTBOT_ENV": str(self.path(ENV_FILE_PATH, pop)),
             "AWS_ENDPOINT_URL_ROUTE_53": self.moto.url,
             # Anything else AWS would also land in moto, never at AWS.
             "AWS_ENDPOINT_URL": self.moto.url,
@@ -925,17 +961,17 @@ class CertLab:
             "REQUESTS_CA_BUNDLE": str(self.pebble.tls_ca_file),
         }
 
-    def start_issue(self) -> RunningScript:
+    def start_issue(self, pop: str | None = None) -> RunningScript:
         return RunningScript(
-            without_host_certbot_config([str(self.path(ISSUE_SCRIPT_PATH))]), self.script_environment()
+            without_host_certbot_config([str(self.path(ISSUE_SCRIPT_PATH, pop))]), self.script_environment(pop)
         )
 
     def issue(self, timeout: float = 180) -> ScriptRun:
         return self.start_issue().finish(timeout)
 
-    def renewal_command(self, force: bool) -> tuple[list[str], dict[str, str]]:
+    def renewal_command(self, force: bool, pop: str | None = None) -> tuple[list[str], dict[str, str]]:
         """The renewal service's ExecStart and environment, as systemd would run it for the lab."""
-        service = unit_settings(self.path(RENEW_SERVICE_PATH).read_text(), "Service")
+        service = unit_settings(self.path(RENEW_SERVICE_PATH, pop).read_text(), "Service")
         argv = shlex.split(service["ExecStart"])
         if argv[:2] != ["/bin/sh", "-c"] or len(argv) != 3:
             raise LabError(f"the renewal service's ExecStart is not `/bin/sh -c '...'`: {service['ExecStart']}")
@@ -944,13 +980,16 @@ class CertLab:
         argv[2] += " --no-random-sleep-on-renew"
         if force:
             argv[2] += " --force-renewal"
-        env = self.script_environment()
-        env.update(parse_environment_file(self.path(service["EnvironmentFile"]).read_text()))
+        env = self.script_environment(pop)
+        env.update(parse_environment_file(self.path(service["EnvironmentFile"], pop).read_text()))
         return argv, env
 
+    def start_renew(self, force: bool = True, pop: str | None = None) -> RunningScript:
+        argv, env = self.renewal_command(force, pop)
+        return RunningScript(without_host_certbot_config(argv), env)
+
     def renew(self, force: bool = True, timeout: float = 180) -> ScriptRun:
-        argv, env = self.renewal_command(force)
-        return RunningScript(without_host_certbot_config(argv), env).finish(timeout)
+        return self.start_renew(force).finish(timeout)
 
     def certbot_requests(self) -> list[RecordedRequest]:
         """The Route53 requests made with the certbot IAM user's key."""
@@ -959,13 +998,13 @@ class CertLab:
     def live_certificate(self) -> x509.Certificate:
         return load_certificate(self.live_dir / "cert.pem")
 
-    def certbot_runs(self) -> int:
+    def certbot_runs(self, pop: str | None = None) -> int:
         """How many certbot processes have run: each rotates letsencrypt.log (the first also leaves an empty .1)."""
-        logs = self.letsencrypt_dir / "logs"
+        logs = self.path("/etc/letsencrypt/logs", pop)
         return len([log for log in logs.glob("letsencrypt.log*") if log.stat().st_size > 0]) if logs.exists() else 0
 
-    def last_certbot_log(self) -> str:
-        return (self.letsencrypt_dir / "logs" / "letsencrypt.log").read_text()
+    def last_certbot_log(self, pop: str | None = None) -> str:
+        return self.path("/etc/letsencrypt/logs/letsencrypt.log", pop).read_text()
 
     # nginx -----------------------------------------------------------------------------------------------
 

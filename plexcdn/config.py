@@ -768,6 +768,23 @@ def _parse_nginx(problems: _Problems, raw: object) -> NginxSettings:
     )
 
 
+def _nearby(provider: str, slug: str, candidates: Sequence[str], describe: Callable[[regions.Region], str]) -> str:
+    found = regions.nearest_regions(provider, slug, candidates)
+    table = regions.provider_table(provider).regions
+    return ", ".join(f"{other} ({describe(table[other])}, {km:,.0f} km)" for other, km in found)
+
+
+def _no_user_data_message(provider: str, slug: str) -> str:
+    region = regions.region(provider, slug)
+    serving = [other for other in regions.provider_table(provider).regions if regions.serves_user_data(provider, other)]
+    return (
+        f"{provider} region {slug!r} ({region.city}) is not confirmed to serve Metadata, the service a new Linode "
+        "reads its user data from, so this VM would boot without the cloud-init document that sets it up "
+        f"({regions.LINODE_METADATA_SOURCE}, as of {regions.LINODE_METADATA_AS_OF}); use a region that serves it, "
+        f"nearest: {_nearby(provider, slug, serving, lambda r: r.city)}"
+    )
+
+
 def _read_vm(reader: _Reader, problems: _Problems, path: str) -> tuple[str, str, str]:
     """A cloud VM's provider, region and size, each checked against the provider's table."""
     provider = reader.choice("provider", sorted(regions.PROVIDERS))
@@ -779,6 +796,8 @@ def _read_vm(reader: _Reader, problems: _Problems, path: str) -> tuple[str, str,
             problems.add(
                 f"{path}.region", f"{region_slug!r} is not a {provider} region; use {_one_of(sorted(table.regions))}"
             )
+        elif region_slug and not regions.serves_user_data(provider, region_slug):
+            problems.add(f"{path}.region", _no_user_data_message(provider, region_slug))
         if size_slug and size_slug not in table.sizes:
             problems.add(
                 f"{path}.size",
@@ -856,6 +875,39 @@ def _check_topology(  # noqa: PLR0912 - one pass over the tree, one branch per r
                 f"{origin.host} is not reachable from the internet, so hub POP {hubs[0].name!r} cannot reach it with "
                 "origin.link public; give the public name or address, or use origin.link wireguard",
             )
+
+
+def _check_latency_regions(problems: _Problems, pops: Sequence[PopConfig]) -> None:
+    """Each POP answers for the shared name with a latency record in its region's AWS region, and Route53
+    takes one per AWS region: "You can only create one latency resource record set for each Amazon EC2
+    Region" (the Route53 API model, ResourceRecordSet.Region, as in botocore's
+    data/route53/2013-04-01/service-2.json and the API reference). A second POP there would be refused."""
+    known = [p for p in pops if p.provider in regions.PROVIDERS and p.region in regions.PROVIDERS[p.provider].regions]
+    taken = {p.region_info.aws_region for p in known}
+    holder: dict[str, int] = {}
+    for index, pop in enumerate(pops):
+        table = regions.PROVIDERS.get(pop.provider)
+        if table is None or pop.region not in table.regions:
+            continue  # reported where the region is read
+        aws_region = table.regions[pop.region].aws_region
+        if aws_region not in holder:
+            holder[aws_region] = index
+            continue
+        first = pops[holder[aws_region]]
+        free = [
+            slug
+            for slug, region in table.regions.items()
+            if region.aws_region not in taken and regions.serves_user_data(pop.provider, slug)
+        ]
+        problems.add(
+            f"pops[{index}].region",
+            f"{pop.provider} {pop.region} ({table.regions[pop.region].city}) answers for the shared name in AWS "
+            f"region {aws_region}, as pops[{holder[aws_region]}].region does (POP {first.name!r}, {first.provider} "
+            f"{first.region}); Route53 allows one latency record per AWS region for a name, so it would refuse the "
+            f"one of POP {pop.name!r}. Use a {pop.provider} region that maps to an AWS region no other POP uses, "
+            f"nearest: {_nearby(pop.provider, pop.region, free, lambda r: f'{r.city}, {r.aws_region}')}; or leave "
+            "out one of the two: Route53 measures latency to AWS regions, so it could not tell them apart anyway",
+        )
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -1328,6 +1380,7 @@ def parse_config(values: Mapping[str, object], stack: str) -> StackConfig:
     else:
         pops = [_parse_pop(problems, index, raw) for index, raw in enumerate(raw_pops)]
         _check_topology(problems, pops, origin)
+        _check_latency_regions(problems, pops)
     transcode = _parse_transcode(problems, values.get("transcode"), origin)
     library = _parse_library(problems, values.get("library"))
     if problems.items:

@@ -1,7 +1,10 @@
 """The certbot IAM user's policy, built as plain data so it is tested and evaluated as exactly what AWS gets.
 
-certbot's dns-route53 plugin lists hosted zones to find the zone, writes one TXT record per name with
-ChangeResourceRecordSets (UPSERT, then DELETE after validation) and polls GetChange. The write is
+certbot's DNS hook (plexcdn/acme_dns_hook.py) lists hosted zones to find the zone, reads the challenge
+record (ListResourceRecordSets, which has no condition keys and so reads the whole zone), changes it
+with ChangeResourceRecordSets and polls GetChange. Several POPs share the shared name's record, so each
+change is a compare-and-swap: DELETE of the record as read and CREATE of the new one, or CREATE alone
+when there is none; UPSERT, which overwrites whatever another POP wrote, is not allowed. The write is
 narrowed by Route53's condition keys to TXT records named `_acme-challenge.<certificate name>` in the
 one zone; the `Null` guard refuses a request that would carry none of those keys.
 """
@@ -48,7 +51,7 @@ def certbot_policy(zone_id: str, certificate_names: Sequence[str]) -> dict[str, 
                     "ForAllValues:StringEquals": {
                         RECORD_NAMES_KEY: challenge_record_names(certificate_names),
                         RECORD_TYPES_KEY: ["TXT"],
-                        ACTIONS_KEY: ["DELETE", "UPSERT"],
+                        ACTIONS_KEY: ["CREATE", "DELETE"],
                     },
                     "Null": {RECORD_NAMES_KEY: "false", RECORD_TYPES_KEY: "false", ACTIONS_KEY: "false"},
                 },

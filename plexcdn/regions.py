@@ -9,6 +9,7 @@ region closest to it on the network.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -112,6 +113,12 @@ PROVIDERS: Final[dict[str, ProviderTable]] = {
             ("jp-osa", "Osaka", 34.69, 135.50, "ap-northeast-3"),
             ("ap-southeast", "Sydney", -33.87, 151.21, "ap-southeast-2"),
             ("au-mel", "Melbourne", -37.81, 144.96, "ap-southeast-4"),
+            # Core regions opened after the rows above (GET /regions, 2026-07; see LINODE_METADATA_REGIONS).
+            ("us-iad-2", "Washington", 38.90, -77.04, "us-east-1"),
+            ("fr-par-2", "Paris", 48.86, 2.35, "eu-west-3"),
+            ("no-osl-1", "Oslo", 59.91, 10.75, "eu-north-1"),
+            ("in-bom-2", "Mumbai", 19.08, 72.88, "ap-south-1"),
+            ("jp-tyo-3", "Tokyo", 35.68, 139.69, "ap-northeast-1"),
         ),
         sizes=_sizes(
             ("g6-nanode-1", 1, 1.0, 5.0, 1.0),
@@ -155,3 +162,79 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
 def fibre_rtt_ms(km: float) -> float:
     """The round trip light needs in fibre (about 200 km per ms each way) over a path 1.5x the great circle."""
     return 2 * km * 1.5 / 200.0
+
+
+# Linode regions whose capabilities in `GET /regions` include "Metadata": the service a new Linode reads
+# its user data (the cloud-init document) from, so a Linode in any other region boots without it.
+# Source: responses of Linode's API to GET /v4beta/regions recorded in linode/linodego's integration
+# fixtures (test/integration/fixtures/TestRegions_List.yaml, TestRegions_pgLimits.yaml). The recordings of
+# 2026-06-29 (commit 7cbc513d) and 2026-07-01 (50cfc3e3) list Metadata for every region below, the 34
+# core regions; the distributed (edge) regions in the same responses lack it. The service started in
+# the newer core regions: on 2024-03-22 (d349cae3) only br-gru, es-mad, fr-par, id-cgk, in-maa, it-mil,
+# jp-osa, nl-ams, se-sto, us-iad, us-lax, us-mia, us-ord and us-sea had it; the legacy data centres
+# (ap-northeast, ap-south, ap-southeast, ap-west, ca-central, eu-central, eu-west, us-central, us-east,
+# us-southeast, us-west) have it from the recording of 2024-07-19 (7a5aaecc) on. A region missing here
+# is one whose Metadata service no source confirmed, and is refused.
+LINODE_METADATA_AS_OF: Final = "2026-07-01"
+LINODE_METADATA_SOURCE: Final = "Linode's GET /regions as recorded in linode/linodego's integration fixtures"
+LINODE_METADATA_REGIONS: Final = frozenset(
+    {
+        "ap-northeast",
+        "ap-south",
+        "ap-southeast",
+        "ap-west",
+        "au-mel",
+        "br-gru",
+        "ca-central",
+        "de-fra-2",
+        "es-mad",
+        "eu-central",
+        "eu-west",
+        "fr-par",
+        "fr-par-2",
+        "gb-lon",
+        "id-cgk",
+        "in-bom-2",
+        "in-maa",
+        "it-mil",
+        "jp-osa",
+        "jp-tyo-3",
+        "nl-ams",
+        "no-osl-1",
+        "se-sto",
+        "sg-sin-2",
+        "us-central",
+        "us-east",
+        "us-iad",
+        "us-iad-2",
+        "us-lax",
+        "us-mia",
+        "us-ord",
+        "us-sea",
+        "us-southeast",
+        "us-west",
+    }
+)
+
+
+def serves_user_data(provider: str, slug: str) -> bool:
+    """Whether a VM made in this region gets the user data it is created with (cloud-init's first boot).
+
+    Linode makes it a capability of each region (Metadata); DigitalOcean's API has no such per-region
+    capability for the Droplet metadata service that serves user data, so its regions are taken as they are.
+    """
+    if provider == "linode":
+        return slug in LINODE_METADATA_REGIONS
+    return True
+
+
+def nearest_regions(provider: str, slug: str, candidates: Iterable[str], count: int = 3) -> list[tuple[str, float]]:
+    """Up to `count` of `candidates` (slugs of the same provider) by distance from `slug`: (slug, km)."""
+    table = PROVIDERS[provider].regions
+    origin = (table[slug].latitude, table[slug].longitude)
+    ranked = sorted(
+        (distance_km(origin, (table[other].latitude, table[other].longitude)), other)
+        for other in candidates
+        if other != slug
+    )
+    return [(other, km) for km, other in ranked[:count]]

@@ -16,7 +16,7 @@ from typing import Final
 
 import jinja2
 
-from plexcdn import PROJECT_ROOT, TEMPLATES_DIR, origin_resolver, topology, vm_identity
+from plexcdn import PROJECT_ROOT, TEMPLATES_DIR, acme_dns_hook, origin_resolver, topology, vm_identity
 from plexcdn.config import StackConfig
 from plexcdn.vm_identity import VmIdentity
 
@@ -27,6 +27,8 @@ NGINX_RELEASES_DIR: Final = "/etc/plex-cdn/releases"
 WIREGUARD_INTERFACE: Final = "plexcdn"
 ISSUE_ATTEMPTS: Final = 4
 ISSUE_RETRY_SECONDS: Final = 30
+# certbot's DNS-01 hooks on a POP: a program copied as it is (plexcdn/acme_dns_hook.py).
+ACME_DNS_HOOK_PATH: Final = "/usr/local/sbin/plexcdn-acme-dns-hook"
 PEER_CA_FILE: Final = "plexcdn-peer-ca.pem"
 PEER_CLIENT_CERT_FILE: Final = "plexcdn-peer-client.crt"
 PEER_CLIENT_KEY_FILE: Final = "plexcdn-peer-client.key"
@@ -396,8 +398,13 @@ def certbot_files(config: StackConfig, pop_name: str, prefix: str = "") -> dict[
 
 def _certbot_file_specs(config: StackConfig, pop_name: str, prefix: str = "") -> dict[str, FileSpec]:
     context = _pop_context(config, pop_name, prefix)
-    context.update(issue_attempts=ISSUE_ATTEMPTS, issue_retry_seconds=ISSUE_RETRY_SECONDS)
-    context.update(credentials_path=CREDENTIALS_PATH, acme_ca_bundle=ACME_CA_BUNDLE_PATH)
+    context.update(
+        issue_attempts=ISSUE_ATTEMPTS,
+        issue_retry_seconds=ISSUE_RETRY_SECONDS,
+        acme_dns_hook_path=ACME_DNS_HOOK_PATH,
+        credentials_path=CREDENTIALS_PATH,
+        acme_ca_bundle=ACME_CA_BUNDLE_PATH,
+    )
     return {
         "/etc/plex-cdn/certbot.env": FileSpec(render_template("cloud-init/certbot.env.j2", **context), "0644"),
         "/usr/local/sbin/plexcdn-issue-certificate": FileSpec(
@@ -417,6 +424,7 @@ def _certbot_file_specs(config: StackConfig, pop_name: str, prefix: str = "") ->
             if config.acme.ca_certificate is not None
             else {}
         ),
+        ACME_DNS_HOOK_PATH: FileSpec(Path(acme_dns_hook.__file__).read_text(), "0755"),
     }
 
 

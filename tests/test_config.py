@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from plexcdn import regions, render, topology
 from plexcdn.config import ConfigError, load_stack_file, parse_config
 from tests.conftest import EXAMPLE_STACK, ROOT, example_values, five_pop_values, write_stack
+from tests.library_fixtures import library_values
+from tests.transcode_fixtures import transcode_values
 
 
 def problems_for(values: dict[str, Any]) -> list[str]:
@@ -259,16 +261,26 @@ def good_configs(draw: st.DrawFn) -> dict[str, Any]:
     hub_count = draw(st.integers(1, count))
     link = "wireguard" if hub_count == 1 and draw(st.booleans()) else "public"
     values["origin"] = {"host": "home.example.net", "link": link, "port": draw(st.integers(1, 65535))}
+    # Route53 takes one latency record per AWS region, so no two POPs share one.
+    places = draw(
+        st.lists(
+            st.sampled_from(
+                [(provider, slug) for provider, table in sorted(regions.PROVIDERS.items()) for slug in table.regions]
+            ),
+            min_size=count,
+            max_size=count,
+            unique_by=lambda place: regions.region(*place).aws_region,
+        )
+    )
     pops = []
-    for index, name in enumerate(names):
-        provider = draw(st.sampled_from(sorted(regions.PROVIDERS)))
+    for index, (name, (provider, region_slug)) in enumerate(zip(names, places, strict=True)):
         table = regions.PROVIDERS[provider]
         upstream = "origin" if index < hub_count else draw(st.sampled_from(names[:index]))
         pops.append(
             {
                 "name": name,
                 "provider": provider,
-                "region": draw(st.sampled_from(sorted(table.regions))),
+                "region": region_slug,
                 "size": draw(st.sampled_from(sorted(table.sizes))),
                 "upstream": upstream,
             }
@@ -325,3 +337,69 @@ def test_a_stream_buffer_too_large_for_a_pops_memory_is_a_warning() -> None:
     warned = [w for w in parse_config(values, "dev").warnings if w.startswith("nginx.streamBufferMb")]
     # The example's POPs have 1 GB (s-1vcpu-1gb) and 1 GB (g6-nanode-1): four streams in half of it.
     assert warned and all("with 4 streams" in w for w in warned), warned
+
+
+def test_two_pops_in_one_aws_latency_region_are_refused_with_the_regions_that_would_work() -> None:
+    values = example_values()
+    # Atlanta and New York both answer from us-east-1, where the hub 'us' (nyc3) already is.
+    values["pops"].append(
+        {"name": "south", "provider": "linode", "region": "us-southeast", "size": "g6-nanode-1", "upstream": "us"}
+    )
+    problems = problems_for(values)
+    assert len(problems) == 1, problems
+    problem = problems[0]
+    assert problem.startswith(
+        "pops[2].region: linode us-southeast (Atlanta) answers for the shared name in AWS region us-east-1"
+    )
+    assert "as pops[0].region does (POP 'us', digitalocean nyc3)" in problem
+    assert "Route53 allows one latency record per AWS region" in problem
+    # The nearest Linode regions whose AWS region no POP uses yet, closest first.
+    assert "nearest: us-ord (Chicago, us-east-2, 948 km), us-central (Dallas, us-east-2," in problem
+    assert "or leave out one of the two" in problem
+    values["pops"][2]["region"] = "us-ord"
+    assert parse_config(values, "dev").pop("south").region_info.aws_region == "us-east-2"
+
+
+def test_every_pop_after_the_first_in_an_aws_region_is_named() -> None:
+    values = five_pop_values()
+    values["pops"][1].update(provider="digitalocean", region="nyc1", size="s-1vcpu-1gb")  # us-east-1, as 'us'
+    problems = [p for p in problems_for(values) if "latency record" in p]
+    assert [p.split(":")[0] for p in problems] == ["pops[1].region"], problems
+    values["pops"].append(
+        {"name": "nyc", "provider": "digitalocean", "region": "nyc3", "size": "s-1vcpu-1gb", "upstream": "us"}
+    )
+    problems = [p for p in problems_for(values) if "latency record" in p]
+    assert [p.split(":")[0] for p in problems] == ["pops[1].region", "pops[5].region"]
+    assert all("as pops[0].region does (POP 'us'" in p for p in problems)
+
+
+def test_every_linode_region_in_the_table_is_confirmed_to_serve_metadata() -> None:
+    linode = regions.PROVIDERS["linode"].regions
+    assert set(linode) <= regions.LINODE_METADATA_REGIONS, sorted(set(linode) - regions.LINODE_METADATA_REGIONS)
+    # The example stacks' Tokyo POP: a legacy data centre, with Metadata since mid-2024.
+    assert regions.serves_user_data("linode", "ap-northeast")
+    for stack in ("Pulumi.dev.yaml", "Pulumi.prod.yaml"):
+        config = load_stack_file(ROOT / stack)
+        for pop in config.pops:
+            assert regions.serves_user_data(pop.provider, pop.region), (stack, pop.name)
+
+
+def test_a_linode_region_not_confirmed_to_serve_metadata_is_refused_wherever_user_data_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(regions, "LINODE_METADATA_REGIONS", regions.LINODE_METADATA_REGIONS - {"ap-northeast"})
+    # The example's Tokyo POP, and the fixtures' Tokyo transcode slave and library cache node: all Linodes
+    # that boot from user data in ap-northeast.
+    values = transcode_values()
+    values["library"] = library_values()["library"]
+    problems = problems_for(values)
+    settings = ["pops[1].region", "transcode.slaves[2].region", "library.viewers[1].region"]
+    assert [p.split(":")[0] for p in problems] == settings, problems
+    for problem in problems:
+        assert "linode region 'ap-northeast' (Tokyo) is not confirmed to serve Metadata" in problem
+        assert "boot without the cloud-init document" in problem
+        assert "nearest: jp-tyo-3 (Tokyo, 0 km), jp-osa (Osaka, 396 km)" in problem
+        assert f"as of {regions.LINODE_METADATA_AS_OF}" in problem
+    values["pops"][1]["region"] = values["transcode"]["slaves"][2]["region"] = "jp-tyo-3"
+    values["library"]["viewers"][1]["region"] = "jp-osa"
+    assert parse_config(values, "dev").pop("asia").region == "jp-tyo-3"

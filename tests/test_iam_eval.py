@@ -119,14 +119,36 @@ def test_route53_calls_map_to_their_iam_action_and_resource() -> None:
         route53_request("GET", "/2013-04-01/healthcheck")
 
 
-def test_certbot_policy_allows_the_calls_certbot_makes_for_every_name() -> None:
+def test_certbot_policy_allows_the_calls_the_dns_hook_makes_for_every_name() -> None:
     policy = iam.certbot_policy(ZONE, NAMES)
     assert is_allowed(policy, route53_request("GET", "/2013-04-01/hostedzone"))
+    assert is_allowed(policy, route53_request("GET", f"/2013-04-01/hostedzone/{ZONE}/rrset"))
     assert is_allowed(policy, route53_request("GET", "/2013-04-01/change/C2682N5HXP0BZ4"))
     for name in NAMES:
-        for action in ("UPSERT", "DELETE"):
-            body = _change_body([(action, f"_acme-challenge.{name}", "TXT")])
+        record = f"_acme-challenge.{name}"
+        # The first value in (CREATE), one more or one fewer (DELETE as read + CREATE), the last out (DELETE).
+        for changes in ([("CREATE", record, "TXT")], [("DELETE", record, "TXT"), ("CREATE", record, "TXT")]):
+            body = _change_body(changes)
             assert is_allowed(policy, route53_request("POST", f"/2013-04-01/hostedzone/{ZONE}/rrset/", body))
+        body = _change_body([("DELETE", record, "TXT")])
+        assert is_allowed(policy, route53_request("POST", f"/2013-04-01/hostedzone/{ZONE}/rrset/", body))
+
+
+def test_certbot_policy_allows_nothing_beyond_the_swap_of_challenge_records() -> None:
+    policy = iam.certbot_policy(ZONE, NAMES)
+    record = "_acme-challenge.plex.example.com"
+    refused = {
+        "UPSERT, which overwrites other POPs' values": [("UPSERT", record, "TXT")],
+        "a swap that also creates another name": [("DELETE", record, "TXT"), ("CREATE", "plex.example.com", "TXT")],
+        "a swap that also deletes another type": [("DELETE", record, "A"), ("CREATE", record, "TXT")],
+        "a challenge record of a name not on any certificate": [("CREATE", "_acme-challenge.www.example.com", "TXT")],
+    }
+    for label, changes in refused.items():
+        assert not is_allowed(policy, route53_change_request(ZONE, changes)), label
+    assert not is_allowed(policy, route53_change_request("Z0OTHERZONE", [("CREATE", record, "TXT")]))
+    assert not is_allowed(policy, route53_request("GET", "/2013-04-01/hostedzone/Z0OTHERZONE/rrset"))
+    for call in (("DELETE", f"/2013-04-01/hostedzone/{ZONE}"), ("POST", "/2013-04-01/hostedzone")):
+        assert not is_allowed(policy, route53_request(*call))
 
 
 @given(
@@ -135,10 +157,11 @@ def test_certbot_policy_allows_the_calls_certbot_makes_for_every_name() -> None:
     action=st.sampled_from(["CREATE", "UPSERT", "DELETE"]),
     zone=st.sampled_from([ZONE, "Z0OTHERZONE"]),
 )
+@example(name="_acme-challenge.plex.example.com", record_type="TXT", action="CREATE", zone=ZONE)
 @example(name="_acme-challenge.plex.example.com", record_type="TXT", action="UPSERT", zone=ZONE)
-@example(name="_acme-challenge.plex.example.com", record_type="TXT", action="UPSERT", zone="Z0OTHERZONE")
+@example(name="_acme-challenge.plex.example.com", record_type="TXT", action="CREATE", zone="Z0OTHERZONE")
 @example(name="_acme-challenge.plex-us.example.com", record_type="CAA", action="DELETE", zone=ZONE)
-@example(name="_acme-challenge.plex-eu.example.com", record_type="TXT", action="UPSERT", zone=ZONE)
+@example(name="_acme-challenge.plex-eu.example.com", record_type="TXT", action="CREATE", zone=ZONE)
 def test_certbot_policy_allows_a_change_only_for_a_challenge_txt_record_in_the_zone(
     name: str, record_type: str, action: str, zone: str
 ) -> None:
@@ -147,7 +170,7 @@ def test_certbot_policy_allows_a_change_only_for_a_challenge_txt_record_in_the_z
     expected = (
         zone == ZONE
         and record_type == "TXT"
-        and action in ("UPSERT", "DELETE")
+        and action in ("CREATE", "DELETE")
         and name in {f"_acme-challenge.{n}" for n in NAMES}
     )
     assert is_allowed(policy, request) == expected

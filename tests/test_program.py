@@ -186,7 +186,7 @@ def test_certbot_policy_names_exactly_the_challenge_records_of_every_certificate
             "_acme-challenge.plex.example.com",
         ],
         iam.RECORD_TYPES_KEY: ["TXT"],
-        iam.ACTIONS_KEY: ["DELETE", "UPSERT"],
+        iam.ACTIONS_KEY: ["CREATE", "DELETE"],
     }
     assert json.loads(monitor.named("certbot-policy").inputs["policy"]) == policy
 

@@ -11,12 +11,15 @@ import shutil
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,8 +33,10 @@ from labs.cert_lab import (
     ISSUE_SCRIPT_PATH,
     LAB_ENV_OVERRIDES,
     PREFIXED_ENV_KEYS,
+    SIGNING_REGION,
     CertLab,
     DnsAnswer,
+    RunningScript,
     ScriptRun,
     cert_lab,
     certbot_venv_versions,
@@ -42,7 +47,9 @@ from labs.cert_lab import (
 )
 from labs.netns import lab_unavailable_reason
 from plexcdn import render
-from plexcdn.config import StackConfig, load_stack_file
+from plexcdn.acme_dns_hook import Route53Record, read_record, swap_changes
+from plexcdn.config import StackConfig, load_stack_file, parse_config
+from tests.conftest import five_pop_values
 
 EXAMPLE_STACK = Path(__file__).resolve().parents[2] / "Pulumi.dev.yaml"
 POP = "us"
@@ -188,7 +195,12 @@ def test_first_issuance_puts_the_certificate_where_nginx_reads_it(issued: Issued
     assert (lab.letsencrypt_dir / "archive").stat().st_mode & 0o777 == 0o700
     assert (lab.letsencrypt_dir / "live").stat().st_mode & 0o777 == 0o700
     renewal_conf = (lab.letsencrypt_dir / "renewal" / f"{lab.cert_name}.conf").read_text()
-    assert "authenticator = dns-route53" in renewal_conf
+    # Renewals run the same hooks: certbot keeps them in the renewal config.
+    hook = f"{lab.path('/opt/certbot/bin/python3')} {lab.path(render.ACME_DNS_HOOK_PATH)}"
+    assert "authenticator = manual" in renewal_conf
+    assert f"manual_auth_hook = {hook} auth" in renewal_conf
+    assert f"manual_cleanup_hook = {hook} cleanup" in renewal_conf
+    assert "pref_challs = dns-01," in renewal_conf
     # certbot 5.8 runs the deploy hook after the first issuance too. nginx is not up yet in the lab
     # then, so that run fails, and certbot only warns: a hook cannot cost a POP its certificate.
     assert f"Running deploy-hook command: {lab.path(DEPLOY_HOOK_PATH)}" in issued.issuance_log
@@ -201,7 +213,8 @@ def test_challenge_records_are_published_during_issuance_and_removed_after(issue
     for name in lab.certificate_names:
         record = f"_acme-challenge.{name}"
         actions = [action for action, changed, _ in changes if changed.rstrip(".") == record]
-        assert actions[:2] == ["UPSERT", "DELETE"], f"{record}: {actions}"
+        # Alone, the POP creates the record and deletes it again; it never overwrites it (UPSERT).
+        assert actions == ["CREATE", "DELETE"], f"{record}: {actions}"
         published = next(values for action, changed, values in changes if changed.rstrip(".") == record)
         answered = [answer for answer in issued.dns_answers if answer.name == record and answer.record_type == "TXT"]
         assert answered, f"Pebble never asked the lab DNS for {record}"
@@ -292,7 +305,12 @@ def test_policy_allows_every_request_certbot_made_and_denies_wider_changes(issue
     recorded = lab.certbot_requests()
     judged = [iam_eval.route53_request(r.method, r.path, r.body) for r in recorded]
     actions = {request.action for request in judged}
-    assert {"route53:ListHostedZones", "route53:ChangeResourceRecordSets", "route53:GetChange"} <= actions
+    assert {
+        "route53:ListHostedZones",
+        "route53:ListResourceRecordSets",
+        "route53:ChangeResourceRecordSets",
+        "route53:GetChange",
+    } <= actions
     refused = [request.describe() for request in judged if not iam_eval.is_allowed(policy, request)]
     assert refused == []
 
@@ -305,9 +323,9 @@ def test_policy_allows_every_request_certbot_made_and_denies_wider_changes(issue
         "the viewers' record itself": (change.path, change.body.replace(record, lab.config.shared_name.encode())),
         "another record type": (change.path, change.body.replace(b"<Type>TXT</Type>", b"<Type>A</Type>")),
         "another zone": (change.path.replace(zone, "Z0THERZONE"), change.body),
-        "CREATE instead of UPSERT": (
+        "UPSERT instead of CREATE": (
             change.path,
-            re.sub(rb"<Action>\w+</Action>", b"<Action>CREATE</Action>", change.body),
+            re.sub(rb"<Action>\w+</Action>", b"<Action>UPSERT</Action>", change.body),
         ),
     }
     for label, (path, body) in mutated.items():
@@ -315,7 +333,7 @@ def test_policy_allows_every_request_certbot_made_and_denies_wider_changes(issue
         request = iam_eval.route53_request("POST", path, body)
         assert iam_eval.evaluate(policy, request) == "ImplicitDeny", f"{label}: {request.describe()}"
     mixed = iam_eval.route53_change_request(
-        zone, [("UPSERT", f"_acme-challenge.{lab.config.shared_name}", "TXT"), ("UPSERT", lab.config.shared_name, "A")]
+        zone, [("DELETE", f"_acme-challenge.{lab.config.shared_name}", "TXT"), ("CREATE", lab.config.shared_name, "A")]
     )
     assert not iam_eval.is_allowed(policy, mixed), "one allowed change must not carry another"
     no_keys = iam_eval.Request("route53:ChangeResourceRecordSets", iam_eval.zone_arn(zone))
@@ -326,14 +344,15 @@ def test_policy_allows_every_request_certbot_made_and_denies_wider_changes(issue
 def test_issuance_retries_until_the_zone_appears(config: StackConfig) -> None:
     with cert_lab(config, POP, zone_at_start=False, issue_attempts=4, issue_retry_seconds=2) as lab:
         script = lab.start_issue()
-        script.wait_for_line(r"attempt 1 for \S+ failed; retrying in 2 s", timeout=90)
+        script.wait_for_line(r"attempt 1 for \S+ failed; retrying in [\d.]+ s", timeout=90)
         lab.create_zone()
         run = script.finish(timeout=120)
         assert run.returncode == 0, run.output
         retries = re.findall(r"attempt \d+ for \S+ failed", run.stderr)
         assert 1 <= len(retries) < 4
-        assert re.search(r"Unable to find a Route53 hosted zone for _acme-challenge\.", run.output), run.output
-        assert lab.certbot_runs() == len(retries) + 1
+        assert re.search(r"no Route53 hosted zone holds _acme-challenge\.", run.output), run.output
+        # The hook looked for the zone first: certbot, and with it Let's Encrypt, only saw the attempt that worked.
+        assert lab.certbot_runs() == 1
         assert (lab.live_dir / "fullchain.pem").exists()
 
 
@@ -343,8 +362,11 @@ def test_issuance_gives_up_after_issue_attempts_when_the_zone_never_appears(conf
         domains = ",".join(config.certificate_names(POP))
         assert run.returncode == 1, run.output
         assert f"plex-cdn: no certificate for {domains} after 3 attempts; giving up" in run.stderr
-        assert re.findall(r"attempt (\d+) for \S+ failed; retrying in (\d+) s", run.stderr) == [("1", "1"), ("2", "2")]
-        assert lab.certbot_runs() == 3
+        retries = re.findall(r"attempt (\d+) for \S+ failed; retrying in (\d+\.\d+) s", run.stderr)
+        assert [attempt for attempt, _ in retries] == ["1", "2"]
+        # ISSUE_RETRY_SECONDS times the attempt, plus a random share of up to as much again.
+        assert all(int(attempt) <= float(pause) <= 2 * int(attempt) for attempt, pause in retries), retries
+        assert lab.certbot_runs() == 0, "certbot never ran: there was no zone to write the challenge to"
         assert not lab.live_dir.exists()
         assert str(lab.path(ISSUE_SCRIPT_PATH)) in run.stderr, "the message says what to run again"
 
@@ -357,3 +379,138 @@ def test_lab_servers_stop_when_the_lab_closes(config: StackConfig) -> None:
     assert pebble is not None and pebble.poll() is not None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", dns_port))
+
+
+# --- POPs validating the shared name at the same time -----------------------------------------------------
+
+CONCURRENT_POPS = ("us", "eu", "asia", "sg")
+ROUNDS = 3
+
+
+@dataclass
+class ConcurrentRound:
+    runs: dict[str, ScriptRun]
+    shared_answers: list[DnsAnswer]
+    challenge_records_after: dict[str, list[str]]
+    conflicts: int
+
+
+def _concurrent_config() -> StackConfig:
+    values = five_pop_values()
+    values["pops"] = [pop for pop in values["pops"] if pop["name"] in CONCURRENT_POPS]
+    return parse_config(values, "dev")
+
+
+def _run_together(lab: CertLab, start: Callable[[str], RunningScript]) -> ConcurrentRound:
+    """Every POP's script started back to back (certbot takes seconds to start, so their work overlaps)."""
+    asked_before = len(lab.dns.answers())
+    running = {pop: start(pop) for pop in CONCURRENT_POPS}
+    runs = {pop: script.finish(timeout=300) for pop, script in running.items()}
+    shared = f"_acme-challenge.{lab.config.shared_name}"
+    answers = [a for a in lab.dns.answers()[asked_before:] if a.name == shared and a.record_type == "TXT"]
+    conflicts = sum(lab.last_certbot_log(pop).count("changed while this host wrote it") for pop in CONCURRENT_POPS)
+    challenge = {name: v for name, v in lab.moto.txt_records().items() if name.startswith("_acme-challenge.")}
+    return ConcurrentRound(runs, answers, challenge, conflicts)
+
+
+def _assert_round(lab: CertLab, label: str, result: ConcurrentRound, before: dict[str, int]) -> None:
+    for pop, run in result.runs.items():
+        assert run.returncode == 0, f"{label}, POP {pop}:\n{run.output}\n{lab.last_certbot_log(pop)[-4000:]}"
+        leaf = load_certificates(lab.live_dir_of(pop) / "cert.pem")[0]
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sorted(names.get_values_for_type(x509.DNSName)) == sorted(lab.config.certificate_names(pop))
+        assert leaf.serial_number != before.get(pop), f"{label}: POP {pop} kept its old certificate"
+    assert result.challenge_records_after == {}, f"{label}: challenge values were left behind"
+    assert result.shared_answers, f"{label}: Pebble never asked for the shared name's challenge"
+
+
+def _serials(lab: CertLab) -> dict[str, int]:
+    serials = {}
+    for pop in CONCURRENT_POPS:
+        cert = lab.live_dir_of(pop) / "cert.pem"
+        if cert.exists():
+            serials[pop] = load_certificates(cert)[0].serial_number
+    return serials
+
+
+def test_pops_issue_and_renew_at_the_same_time_without_taking_each_others_challenge() -> None:
+    config = _concurrent_config()
+    rounds: list[ConcurrentRound] = []
+    with cert_lab(config, CONCURRENT_POPS[0], issue_attempts=2, issue_retry_seconds=1) as lab:
+        for pop in CONCURRENT_POPS[1:]:
+            lab.add_pop(pop)
+        for number in range(1, ROUNDS + 1):
+            # A fresh start each round, as on a first boot: no ACME account, no certificate.
+            for pop in CONCURRENT_POPS:
+                for state in ("accounts", "archive", "live", "renewal"):
+                    shutil.rmtree(lab.path(f"/etc/letsencrypt/{state}", pop), ignore_errors=True)
+            before = _serials(lab)
+            result = _run_together(lab, lab.start_issue)
+            _assert_round(lab, f"issuance round {number}", result, before)
+            for pop, run in result.runs.items():
+                assert "plex-cdn: attempt" not in run.stderr, f"round {number}, POP {pop} needed a second attempt"
+            rounds.append(result)
+        # Renewal runs the hooks certbot stored in each renewal config.
+        before = _serials(lab)
+        renewal = _run_together(lab, lambda pop: lab.start_renew(force=True, pop=pop))
+        _assert_round(lab, "forced renewal", renewal, before)
+        rounds.append(renewal)
+        policy = lab.policy()
+        judged = [iam_eval.route53_request(r.method, r.path, r.body) for r in lab.certbot_requests()]
+        assert [request.describe() for request in judged if not iam_eval.is_allowed(policy, request)] == []
+    # Pebble saw other POPs' values beside a POP's own: the POPs did validate the shared name at the same time.
+    most = max(len(answer.values) for result in rounds for answer in result.shared_answers)
+    assert most >= 2, f"the POPs never overlapped; at most {most} value(s) at a time"
+    print(
+        "concurrent rounds: "
+        + "; ".join(
+            f"{max(len(a.values) for a in r.shared_answers)} values at most, {r.conflicts} swaps retried, "
+            f"{max(run.seconds for run in r.runs.values()):.1f} s"
+            for r in rounds
+        )
+    )
+
+
+def test_a_lost_update_is_refused_by_the_labs_route53_and_the_hook_retries_it(config: StackConfig) -> None:
+    with cert_lab(config, POP) as lab:
+        assert lab.zone_id is not None
+        route53 = boto3.client(
+            "route53",
+            endpoint_url=lab.moto.url,
+            region_name=SIGNING_REGION,
+            aws_access_key_id=lab.access_key_id,
+            aws_secret_access_key=lab.secret_access_key,
+        )
+        name = f"_acme-challenge.{config.shared_name}"
+        first = Route53Record(route53, lab.zone_id, name, log=lambda _: None)
+        first.add('"old"')
+        # Two writers read {"old"}; each swaps it for the set with its own value added.
+        read = read_record(route53, lab.zone_id, name)
+        batches = [swap_changes(name, read, [*(read.values if read else ()), value]) for value in ('"a"', '"b"')]
+        route53.change_resource_record_sets(HostedZoneId=lab.zone_id, ChangeBatch={"Changes": batches[0]})
+        with pytest.raises(ClientError) as lost:
+            route53.change_resource_record_sets(HostedZoneId=lab.zone_id, ChangeBatch={"Changes": batches[1]})
+        assert lost.value.response["Error"]["Code"] == "InvalidChangeBatch"
+        assert "do not match the current values" in lost.value.response["Error"]["Message"]
+        assert sorted(lab.moto.txt_records()[name]) == ['"a"', '"old"']
+
+        # The hook, when another host writes between its read and its write, reads again and retries.
+        class Interloper:
+            def __init__(self) -> None:
+                self.pending = ['"c"']
+
+            def list_resource_record_sets(self, **kwargs: Any) -> Any:
+                answer = route53.list_resource_record_sets(**kwargs)
+                if self.pending:
+                    Route53Record(route53, lab.zone_id or "", name, log=lambda _: None).add(self.pending.pop())
+                return answer
+
+            def __getattr__(self, attribute: str) -> Any:
+                return getattr(route53, attribute)
+
+        logged: list[str] = []
+        pauses: list[float] = []
+        racing = Route53Record(Interloper(), lab.zone_id, name, sleep=pauses.append, log=logged.append)
+        assert racing.add('"b"') is not None
+        assert len(pauses) == 1 and "do not match the current values" in logged[0]
+        assert sorted(lab.moto.txt_records()[name]) == ['"a"', '"b"', '"c"', '"old"']

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,36 @@ def make_vm_identity(admin_ssh_public_key: str) -> VmIdentity:
         host_private_key=private,
         host_public_key=public,
     )
+
+
+# --- CI cannot go green by skipping -----------------------------------------------------------------------------
+
+LAB_DIR = Path(__file__).resolve().parent / "lab"
+# Tests that may skip in CI, each with the reason it cannot run there. A skip not listed fails the run when
+# CI=true: a real-tool check that did not run is not a pass.
+ALLOWED_SKIPS_IN_CI: dict[str, str] = {}
+_skipped: list[tuple[str, str]] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/lab/ needs root, namespaces or guests: it carries the `lab` marker."""
+    for item in items:
+        if LAB_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.lab)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and report.nodeid not in ALLOWED_SKIPS_IN_CI:
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("CI", "").lower() == "true" and _skipped:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(f"CI=true: {len(_skipped)} tests skipped, and a skip in CI fails the run:", red=True)
+            for nodeid, reason in _skipped:
+                reporter.write_line(f"  {nodeid}: {reason}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

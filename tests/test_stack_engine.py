@@ -1,0 +1,111 @@
+"""The boot lab's engine: the program's graph with real keys, real certificates and moto's IAM, so that what
+the guests get is what `pulumi up` would hand the providers and pulumi-command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from moto import mock_aws
+
+from labs.mock_engine import RecordingMonitor
+from labs.stack_engine import StackEngine, VmAddress, run_program, secret_value
+from plexcdn import render
+from plexcdn.config import StackConfig
+from tests.conftest import config_from, example_values
+
+ADDRESSES = {"us-vm": VmAddress("198.18.80.10", "fd00:198:18::10"), "asia-vm": VmAddress("198.18.80.11")}
+
+
+@pytest.fixture
+def engine_run(tmp_path: Path) -> Iterator[tuple[StackConfig, RecordingMonitor, Any]]:
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    with mock_aws():
+        iam = boto3.client("iam", region_name="us-east-1")
+        route53 = boto3.client("route53", region_name="us-east-1")
+        config = config_from(example_values())
+        route53.create_hosted_zone(Name=config.domain, CallerReference="lab")
+        engine = StackEngine(iam, route53, lambda name: ADDRESSES[name])
+
+        def program() -> None:
+            from components.stack import build_stack
+
+            build_stack(config, tmp_path)
+
+        monitor = run_program(engine, config.stack, program)
+        yield config, monitor, iam
+
+
+def plain_inputs(monitor: RecordingMonitor, name: str) -> dict[str, Any]:
+    return dict(secret_value(monitor.named(name).inputs))
+
+
+def test_vms_get_the_lab_addresses_and_their_user_data_carries_a_real_host_key(engine_run: Any) -> None:
+    _, monitor, _ = engine_run
+    droplet = plain_inputs(monitor, "us-vm")
+    document = yaml.safe_load(droplet["userData"])
+    private = serialization.load_ssh_private_key(document["ssh_keys"]["ed25519_private"].encode(), password=None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    assert document["ssh_keys"]["ed25519_public"] == public.decode()
+    for step in ("us-certbot-credentials", "us-boot-wait", "us-nginx-release", "us-nginx-deploy"):
+        connection = plain_inputs(monitor, step)["connection"]
+        assert connection["host"] == ADDRESSES["us-vm"].ipv4
+        assert connection["hostKey"] == public.decode(), step
+    linode = plain_inputs(monitor, "asia-vm")
+    assert yaml.safe_load(base64.b64decode(linode["metadatas"][0]["userData"]))["ssh_keys"]["ed25519_public"]
+    assert plain_inputs(monitor, "asia-nginx-deploy")["connection"]["host"] == ADDRESSES["asia-vm"].ipv4
+
+
+def test_the_certbot_key_on_stdin_is_the_one_iam_holds(engine_run: Any) -> None:
+    config, monitor, iam = engine_run
+    stdin = plain_inputs(monitor, "us-certbot-credentials")["stdin"]
+    key_id = stdin.split("aws_access_key_id = ")[1].split("\n")[0]
+    user = f"plex-cdn-{config.stack}-certbot"
+    assert [key["AccessKeyId"] for key in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]] == [key_id]
+    stored = iam.get_user_policy(UserName=user, PolicyName="certbot-policy")["PolicyDocument"]
+    assert stored == json.loads(plain_inputs(monitor, "certbot-policy")["policy"])
+
+
+def test_the_peer_certificates_chain_to_the_stacks_peer_ca_and_match_their_keys(
+    engine_run: Any, tmp_path: Path
+) -> None:
+    config, monitor, _ = engine_run
+    deploy = plain_inputs(monitor, "us-nginx-deploy")
+    release = deploy["create"].split("release-")[1].split('"')[0]
+    nginx_dir = tmp_path / "us" / f"release-{release}" / "nginx"
+    ca_file = nginx_dir / render.PEER_CA_FILE
+    server_cert = nginx_dir / render.PEER_SERVER_CERT_FILE
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca_file), "-purpose", "sslserver", str(server_cert)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    certificate = x509.load_pem_x509_certificate(server_cert.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [config.pop_name("us")]
+    key = serialization.load_pem_private_key(json.loads(deploy["stdin"])[render.PEER_SERVER_KEY_FILE].encode(), None)
+    assert key.public_key().public_numbers() == certificate.public_key().public_numbers()  # type: ignore[union-attr]
+    edge = plain_inputs(monitor, "asia-nginx-deploy")
+    edge_release = edge["create"].split("release-")[1].split('"')[0]
+    client_cert = tmp_path / "asia" / f"release-{edge_release}" / "nginx" / render.PEER_CLIENT_CERT_FILE
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca_file), "-purpose", "sslclient", str(client_cert)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr

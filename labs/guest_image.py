@@ -296,14 +296,14 @@ def _mmdebstrap_command(recipe: ImageRecipe, root: Path, staging: Path, apt_prox
     if apt_proxy:
         command.append(f'--aptopt=Acquire::http::Proxy "{apt_proxy}"')
     command += [
-        f"--customize-hook=cp -a {staging}/. \"$1\"/",
+        f'--customize-hook=cp -a {staging}/. "$1"/',
         f"--customize-hook=printf '%s' '{APT_SOURCES}' > \"$1\"/etc/apt/sources.list.d/debian.sources",
         f"--customize-hook=printf '%s' '{FSTAB}' > \"$1\"/etc/fstab",
         # What debian-cloud-images' SYSTEM_BOOT/20-enable-systemd-resolved does.
         '--customize-hook=ln -sf /run/systemd/resolve/stub-resolv.conf "$1"/etc/resolv.conf',
         '--customize-hook=chroot "$1" systemctl enable systemd-networkd.service systemd-resolved.service',
     ]
-    command += [f"--customize-hook=chroot \"$1\" {' '.join(argv)}" for argv in recipe.environment_commands]
+    command += [f'--customize-hook=chroot "$1" {" ".join(argv)}' for argv in recipe.environment_commands]
     command += [recipe.suite, str(root), recipe.mirror]
     return command
 
@@ -323,9 +323,7 @@ def _clean_up(root: Path) -> None:
 
 
 def _installed_packages(root: Path) -> dict[str, str]:
-    result = _run(
-        ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\n"], timeout=60
-    )
+    result = _run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\n"], timeout=60)
     packages = {}
     for line in result.stdout.splitlines():
         name, _, version = line.partition(" ")

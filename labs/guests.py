@@ -314,28 +314,46 @@ class Guest:
             f"console ends:\n{self.console_text()[-3000:]}"
         )
 
+    def wait_for_boot(self, timeout: float) -> tuple[float, float]:
+        """Seconds from the start until the console's first login prompt and cloud-init's "finished" line,
+        each taken when first seen (polled twice a second)."""
+        seen: dict[str, float] = {}
+        patterns = {"login": LOGIN_PROMPT, "cloud-init": CLOUD_INIT_FINISHED}
+        deadline = time.monotonic() + timeout
+        while len(seen) < len(patterns):
+            if not self.running():
+                raise LabError(f"guest {self.name} stopped; console:\n{self.console_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                missing = ", ".join(name for name in patterns if name not in seen)
+                raise LabError(
+                    f"guest {self.name}: no {missing} on the console within {timeout:.0f} s; "
+                    f"console ends:\n{self.console_text()[-3000:]}"
+                )
+            with contextlib.suppress(OSError):
+                console = self.console_log.read_bytes()
+                for name, pattern in patterns.items():
+                    if name not in seen and pattern.search(console):
+                        seen[name] = time.monotonic() - self.started_at
+            time.sleep(0.5)
+        return seen["login"], seen["cloud-init"]
+
     def console_size(self) -> int:
         with contextlib.suppress(OSError):
             return self.console_log.stat().st_size
         return 0
 
-    def host_keys(self, timeout: float = 600) -> tuple[str, ...]:
+    def host_keys(self, timeout: float = 1800) -> tuple[str, ...]:
         """The host public keys cloud-init printed on the console at first boot (authorized_keys form)."""
-        if self._host_keys:
-            return self._host_keys
-        self.wait_for_console(re.compile(re.escape(HOST_KEYS_END).encode()), timeout)
-        text = self.console_text()
-        block = text[text.index(HOST_KEYS_BEGIN) + len(HOST_KEYS_BEGIN) : text.index(HOST_KEYS_END)]
-        keys = tuple(
-            " ".join(match.groups()) for match in re.finditer(r"((?:ssh|ecdsa)-[\w@.-]+) (AAAA[0-9A-Za-z+/=]+)", block)
-        )
-        if not keys:
-            raise LabError(f"guest {self.name} printed no host keys between the console markers")
-        self._host_keys = keys
-        return keys
+        if not self._host_keys:
+            self.wait_for_console(re.compile(re.escape(HOST_KEYS_END).encode()), timeout)
+            keys = console_host_keys(self.console_text())
+            if not keys:
+                raise LabError(f"guest {self.name} printed no host keys between the console markers")
+            self._host_keys = keys
+        return self._host_keys
 
-    def host_key(self, key_type: str = "ssh-ed25519") -> str:
-        for key in self.host_keys():
+    def host_key(self, key_type: str = "ssh-ed25519", timeout: float = 1800) -> str:
+        for key in self.host_keys(timeout):
             if key.startswith(key_type + " "):
                 return key
         raise LabError(f"guest {self.name} printed no {key_type} host key")
@@ -432,6 +450,26 @@ class Guest:
     def remove_disk(self) -> None:
         self.overlay.unlink(missing_ok=True)
         self.seed.unlink(missing_ok=True)
+
+
+def console_host_keys(console: str) -> tuple[str, ...]:
+    """The keys between cloud-init's "SSH HOST KEY KEYS" markers on a console (the first boot's)."""
+    begin = console.find(HOST_KEYS_BEGIN)
+    end = console.find(HOST_KEYS_END, begin)
+    if begin < 0 or end < 0:
+        return ()
+    block = console[begin + len(HOST_KEYS_BEGIN) : end]
+    return tuple(
+        " ".join(match.groups()) for match in re.finditer(r"((?:ssh|ecdsa)-[\w@.-]+) (AAAA[0-9A-Za-z+/=]+)", block)
+    )
+
+
+def qemu_running(directory: Path) -> bool:
+    """Whether the QEMU recorded in a guest directory (qemu.pid) still runs."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((directory / "qemu.pid").read_text())
+        return b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
 
 
 def kill_recorded_guests(state_dir: Path) -> list[int]:

@@ -320,10 +320,19 @@ class SshSession:
 
     def run(self, command: str, stdin: str | bytes | None = None, timeout: float = COMMAND_TIMEOUT_S) -> CommandResult:
         """One exec session: `command` exactly as given (the login shell runs it with -c), stdin then EOF."""
+        started = time.monotonic()
+        returncode, out, err = self.run_bytes(command, stdin, timeout)
+        return CommandResult(
+            returncode, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started
+        )
+
+    def run_bytes(
+        self, command: str, stdin: str | bytes | None = None, timeout: float = COMMAND_TIMEOUT_S
+    ) -> tuple[int, bytes, bytes]:
+        """`run`, with stdout and stderr as bytes (for binary output such as a tar stream)."""
         if self.master is None:
             raise StepError("not connected")
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        started = time.monotonic()
         process = subprocess.Popen(
             self._in_namespace(["ssh", *self.options, "-o", "ControlMaster=no", "-T", self.connection.host, command]),
             stdin=subprocess.PIPE if data else subprocess.DEVNULL,
@@ -336,9 +345,7 @@ class SshSession:
         except subprocess.TimeoutExpired:
             _kill_group(process)
             raise StepError(f"{self.connection.describe()}: command did not finish within {timeout:.0f} s") from None
-        return CommandResult(
-            process.returncode, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started
-        )
+        return process.returncode, out, err
 
     def sftp(self, batch: Sequence[str], timeout: float = 600) -> CommandResult:
         if self.master is None:

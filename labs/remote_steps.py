@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -648,6 +648,29 @@ class Deployment:
 HostKeyLookup = Callable[[Connection], str | None]
 
 
+class Session(Protocol):
+    """What the runner needs of a connection: `SshSession`, or a stand-in in unit tests."""
+
+    redact: Redactor
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def run(
+        self, command: str, stdin: str | bytes | None = None, timeout: float = COMMAND_TIMEOUT_S
+    ) -> CommandResult: ...
+
+
+# Opens a session: (connection with its host key settled, namespace, accept_any_host_key, redactor).
+SessionFactory = Callable[[Connection, str | None, bool, Redactor], Session]
+CopyFunction = Callable[[Session, str, str], CopyPlan]
+
+
+def ssh_session(connection: Connection, namespace: str | None, accept_any_host_key: bool, redact: Redactor) -> Session:
+    return SshSession(connection, namespace, accept_any_host_key=accept_any_host_key, redact=redact)
+
+
 class StepRunner:
     """Runs steps as pulumi-command would, from `namespace`, logging to `log_path` (redacted).
 
@@ -663,7 +686,11 @@ class StepRunner:
         host_key_for: HostKeyLookup | None = None,
         accept_any_host_key: bool = False,
         echo: Callable[[str], None] | None = None,
+        session_factory: SessionFactory = ssh_session,
+        copy: CopyFunction | None = None,
     ) -> None:
+        self.session_factory = session_factory
+        self.copy = copy or _copy_over_ssh
         self.namespace = namespace
         self.log_path = log_path
         self.host_key_for = host_key_for
@@ -688,10 +715,8 @@ class StepRunner:
                 connection = replace(connection, host_key=found)
         return connection
 
-    def _session(self, step: Step, redact: Redactor) -> SshSession:
-        return SshSession(
-            self._connection(step), self.namespace, accept_any_host_key=self.accept_any_host_key, redact=redact
-        )
+    def _session(self, step: Step, redact: Redactor) -> Session:
+        return self.session_factory(self._connection(step), self.namespace, self.accept_any_host_key, redact)
 
     def apply(self, steps: Sequence[Step], previous: Deployment | None = None) -> Deployment:
         """`pulumi up`: create new steps, update changed ones, replace retriggered ones, delete dropped ones."""
@@ -761,10 +786,16 @@ class StepRunner:
         self._log(redact, f"{step.name}: copy {step.source} to {step.connection.describe()}:{step.remote_path}")
         started = time.monotonic()
         with self._session(step, redact) as session:
-            plan = copy_directory(session, step.source, step.remote_path)
+            plan = self.copy(session, step.source, step.remote_path)
         seconds = time.monotonic() - started
         self._record(step, "copy", 0, seconds)
         self._log(redact, f"{step.name}: copied {len(plan.files)} files, made {len(plan.directories)} directories")
+
+
+def _copy_over_ssh(session: Session, source: str, remote_path: str) -> CopyPlan:
+    if not isinstance(session, SshSession):
+        raise StepError("copying needs an SSH session")
+    return copy_directory(session, source, remote_path)
 
 
 def _check_order(steps: Sequence[Step]) -> None:

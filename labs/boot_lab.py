@@ -197,7 +197,15 @@ class BootLab:
     """The lab's services and guests. Use as a context manager (or `start()` / `close()`): leaving it
     stops every guest and process it started and removes its namespaces and taps."""
 
-    def __init__(self, state_dir: Path = STATE_DIR, prefix: str = PREFIX) -> None:
+    def __init__(
+        self,
+        state_dir: Path = STATE_DIR,
+        prefix: str = PREFIX,
+        package_cache_dir: Path = package_cache.PERSISTENT_CACHE_DIR,
+    ) -> None:
+        if len(prefix) > 6:
+            raise LabError(f"the boot lab's prefix {prefix!r} is longer than 6 characters (interface names)")
+        self.package_cache_dir = package_cache_dir
         self.state_dir = state_dir
         self.prefix = prefix
         self.network = Lab(prefix)
@@ -295,7 +303,7 @@ class BootLab:
             process = subprocess.Popen(
                 [
                     *(sys.executable, "-m", "labs.package_cache", "--port", str(self.cache_port)),
-                    *("--cache-dir", str(package_cache.PERSISTENT_CACHE_DIR), "--run-dir", str(run_dir)),
+                    *("--cache-dir", str(self.package_cache_dir), "--run-dir", str(run_dir)),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -449,6 +457,7 @@ class BootLab:
                 self.lab_namespace,
                 self.cache_port,
                 self.accelerator,
+                tap_prefix=self.prefix,
             )
             self.guests[vm.name] = guest
             guest.start()
@@ -657,8 +666,8 @@ def _kill_recorded(pid: int, state_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def boot_lab(state_dir: Path = STATE_DIR, prefix: str = PREFIX) -> Iterator[BootLab]:
-    with BootLab(state_dir, prefix) as lab:
+def boot_lab(state_dir: Path = STATE_DIR, prefix: str = PREFIX, **settings: Any) -> Iterator[BootLab]:
+    with BootLab(state_dir, prefix, **settings) as lab:
         yield lab
 
 

@@ -45,7 +45,8 @@ CACHE_RELAY: Final = Path(__file__).resolve().with_name("cache_relay.py")
 KERNEL_COMMAND_LINE: Final = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 HOST_KEYS_BEGIN: Final = "-----BEGIN SSH HOST KEY KEYS-----"
 HOST_KEYS_END: Final = "-----END SSH HOST KEY KEYS-----"
-LOGIN_PROMPT: Final = re.compile(rb"login: ?$", re.MULTILINE)
+# getty's prompt starts a line; kernel or cloud-init output may follow it on the same line.
+LOGIN_PROMPT: Final = re.compile(rb"^\r?(?!Last )[\w.-]+ login: ", re.MULTILINE)
 CLOUD_INIT_FINISHED: Final = re.compile(rb"Cloud-init v\. \S+ finished at")
 _accelerator_choice: str | None = None
 
@@ -183,6 +184,7 @@ class Guest:
     cache_port: int
     accelerator: str = "tcg"
     bridge: str = "br0"
+    tap_prefix: str = "pcv-"
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     _host_keys: tuple[str, ...] = ()
@@ -197,7 +199,7 @@ class Guest:
 
     @property
     def tap(self) -> str:
-        return f"pcvtap{self.spec.index}"
+        return f"{self.tap_prefix}tap{self.spec.index}"
 
     @property
     def console_log(self) -> Path:
@@ -229,9 +231,10 @@ class Guest:
             *("-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap"),
             *("-drive", f"file={self.seed},if=virtio,format=raw,readonly=on"),
             *("-netdev", f"tap,id=lab,ifname={self.tap},script=no,downscript=no"),
-            *("-device", f"virtio-net-pci,netdev=lab,mac={env.lab_mac(self.spec.index)}"),
+            # No option ROM: the kernel boots directly, and Debian installs the iPXE ROMs only as a recommendation.
+            *("-device", f"virtio-net-pci,netdev=lab,mac={env.lab_mac(self.spec.index)},romfile="),
             *("-netdev", uplink),
-            *("-device", f"virtio-net-pci,netdev=uplink,mac={env.uplink_mac(self.spec.index)}"),
+            *("-device", f"virtio-net-pci,netdev=uplink,mac={env.uplink_mac(self.spec.index)},romfile="),
             *("-device", "virtio-rng-pci"),
             *("-serial", f"file:{self.console_log}", "-display", "none", "-monitor", "none"),
             *("-qmp", f"unix:{self.qmp_socket},server=on,wait=off"),

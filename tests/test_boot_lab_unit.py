@@ -278,6 +278,13 @@ def test_host_keys_are_read_from_cloud_inits_console_block() -> None:
     assert guests.console_host_keys("no keys yet") == ()
 
 
+def test_the_login_prompt_is_found_even_with_output_on_its_line() -> None:
+    assert guests.LOGIN_PROMPT.search(b"ok\r\npop login: [   86.45] cloud-init[509]: Get:1 http://...")
+    assert guests.LOGIN_PROMPT.search(b"\r\nplex-us.example.com login: ")
+    assert not guests.LOGIN_PROMPT.search(b"\r\nLast login: Sun Dec  6 08:25:16 2026")
+    assert not guests.LOGIN_PROMPT.search(b"[  12.3] systemd[1]: Started getty; login: later")
+
+
 # --- pulumi-command semantics ------------------------------------------------------------------------------
 
 

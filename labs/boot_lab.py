@@ -202,10 +202,12 @@ class BootLab:
         state_dir: Path = STATE_DIR,
         prefix: str = PREFIX,
         package_cache_dir: Path = package_cache.PERSISTENT_CACHE_DIR,
+        image_cache_dir: Path = guest_image.IMAGE_CACHE_DIR,
     ) -> None:
         if len(prefix) > 6:
             raise LabError(f"the boot lab's prefix {prefix!r} is longer than 6 characters (interface names)")
         self.package_cache_dir = package_cache_dir
+        self.image_cache_dir = image_cache_dir
         self.state_dir = state_dir
         self.prefix = prefix
         self.network = Lab(prefix)
@@ -286,8 +288,10 @@ class BootLab:
         self.key = lab_ssh_key()
         started = time.monotonic()
         recipe = image_recipe(self.ca, self.key)
-        cached = BaseImage.load(guest_image.IMAGE_CACHE_DIR / recipe.key()) is not None
-        self.image = guest_image.ensure_image(recipe, apt_proxy=f"http://127.0.0.1:{self.cache_port}")
+        cached = BaseImage.load(self.image_cache_dir / recipe.key()) is not None
+        self.image = guest_image.ensure_image(
+            recipe, self.image_cache_dir, apt_proxy=f"http://127.0.0.1:{self.cache_port}"
+        )
         self.image_build_seconds = None if cached else time.monotonic() - started
         self.accelerator = guests.choose_accelerator(self.image.kernel, self.state_dir / "probe")
         self._start_network()

@@ -225,6 +225,7 @@ def ensure_image(recipe: ImageRecipe, cache_dir: Path = IMAGE_CACHE_DIR, apt_pro
     if missing:
         raise LabError(f"building the guest image needs {', '.join(missing)} (mmdebstrap, e2fsprogs, qemu-utils)")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(cache_dir)
     with (cache_dir / f".{target.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         found = BaseImage.load(target)

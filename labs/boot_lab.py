@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from labs.netns import NETNS_ETC, Lab, LabError, lab_unavailable_reason, remove_
 from labs.remote_steps import (
     DIAL_ERROR_LIMIT_DEFAULT,
     PER_DIAL_TIMEOUT_DEFAULT,
+    CommandResult,
     CommandStep,
     Connection,
     CopyStep,
@@ -487,7 +487,9 @@ class BootLab:
         assert self.key is not None
         return self.key.private_key
 
-    def run(self, guest: guests.Guest, command: str, stdin: str | bytes | None = None, timeout: float = 600) -> Any:
+    def run(
+        self, guest: guests.Guest, command: str, stdin: str | bytes | None = None, timeout: float = 600
+    ) -> CommandResult:
         """A command on a guest with the lab's own key, the host key pinned from the console."""
         return guest.run(command, self.lab_private_key(), guest.host_key(), stdin=stdin, timeout=timeout)
 
@@ -498,7 +500,7 @@ class BootLab:
             return None
         return guest.host_key(connection.host_key.split()[0] if connection.host_key else "ssh-ed25519")
 
-    def step_runner(self, echo: Any = None) -> StepRunner:
+    def step_runner(self, echo: Callable[[str], None] | None = None) -> StepRunner:
         return StepRunner(self.lab_namespace, self.steps_log, host_key_for=self.host_key_for, echo=echo)
 
     def run_steps(self, steps: Sequence[Step], previous: Deployment | None = None) -> Deployment:
@@ -651,13 +653,13 @@ def clean_up(state_dir: Path = STATE_DIR, prefix: str = PREFIX) -> list[str]:
     with contextlib.suppress(OSError, ValueError):
         state = json.loads(state_file.read_text())
         for pid in state.get("processes", {}).values():
-            _kill_recorded(int(pid), state_dir)
+            _kill_recorded(int(pid))
     removed = remove_namespaces_with_prefix(prefix)
     shutil.rmtree(state_dir, ignore_errors=True)
     return removed
 
 
-def _kill_recorded(pid: int, state_dir: Path) -> None:
+def _kill_recorded(pid: int) -> None:
     """Kill a process group a lab recorded, if that pid still runs one of the lab's own commands."""
     try:
         command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -673,30 +675,6 @@ def _kill_recorded(pid: int, state_dir: Path) -> None:
 def boot_lab(state_dir: Path = STATE_DIR, prefix: str = PREFIX, **settings: Any) -> Iterator[BootLab]:
     with BootLab(state_dir, prefix, **settings) as lab:
         yield lab
-
-
-def socket_reachable(namespace: str, address: str, port: int, timeout: float = 5) -> bool:
-    """Whether a TCP connection from `namespace` to address:port opens."""
-    probe = services.socket_in_namespace(namespace, socket.SOCK_STREAM)
-    probe.settimeout(timeout)
-    try:
-        probe.connect((address, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def guest_addresses(names: Sequence[str]) -> dict[str, ipaddress.IPv4Address]:
-    return {name: env.guest_address(index) for index, name in enumerate(names)}
-
-
-def timings_of(state_dir: Path = STATE_DIR) -> Mapping[str, Any]:
-    with contextlib.suppress(OSError, ValueError):
-        timings: Mapping[str, Any] = json.loads((state_dir / "state.json").read_text()).get("timings", {})
-        return timings
-    return {}
 
 
 # --- the command line: python -m labs lab vms up|logs|down -------------------------------------------------

@@ -48,7 +48,7 @@ HOST_KEYS_END: Final = "-----END SSH HOST KEY KEYS-----"
 # getty's prompt starts a line; kernel or cloud-init output may follow it on the same line.
 LOGIN_PROMPT: Final = re.compile(rb"^\r?(?!Last )[\w.-]+ login: ", re.MULTILINE)
 CLOUD_INIT_FINISHED: Final = re.compile(rb"Cloud-init v\. \S+ finished at")
-_accelerator_choice: str | None = None
+ACCEL_VERDICT_FILE: Final = Path("/run/plexcdn-lab-accelerator.json")
 
 
 def qemu_missing() -> str | None:
@@ -58,15 +58,21 @@ def qemu_missing() -> str | None:
     return None
 
 
-def choose_accelerator(kernel: Path, scratch: Path) -> str:
-    """ "kvm" when a KVM guest prints its first console line within KVM_PROBE_SECONDS, else "tcg"."""
-    global _accelerator_choice  # noqa: PLW0603 - one probe per process is enough
+def choose_accelerator(kernel: Path, scratch: Path, verdict_file: Path = ACCEL_VERDICT_FILE) -> str:
+    """ "kvm" when a KVM guest prints its first console line within KVM_PROBE_SECONDS, else "tcg". The
+    verdict is kept for the machine's current boot (a kernel or module change comes with a reboot)."""
     forced = os.environ.get(ACCEL_VARIABLE)
     if forced in ("kvm", "tcg"):
         return forced
-    if _accelerator_choice is None:
-        _accelerator_choice = "kvm" if _kvm_prints(kernel, scratch) else "tcg"
-    return _accelerator_choice
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(verdict_file.read_text())
+        if kept.get("boot_id") == boot_id and kept.get("accelerator") in ("kvm", "tcg"):
+            return str(kept["accelerator"])
+    accelerator = "kvm" if _kvm_prints(kernel, scratch) else "tcg"
+    with contextlib.suppress(OSError):
+        verdict_file.write_text(json.dumps({"boot_id": boot_id, "accelerator": accelerator}))
+    return accelerator
 
 
 def _kvm_prints(kernel: Path, scratch: Path) -> bool:

@@ -278,6 +278,21 @@ def test_host_keys_are_read_from_cloud_inits_console_block() -> None:
     assert guests.console_host_keys("no keys yet") == ()
 
 
+def test_the_accelerator_verdict_is_kept_for_this_boot_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(guests.ACCEL_VARIABLE, raising=False)
+    verdict = tmp_path / "accelerator.json"
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    verdict.write_text(json.dumps({"boot_id": boot_id, "accelerator": "kvm"}))
+    assert guests.choose_accelerator(tmp_path / "no-kernel", tmp_path, verdict) == "kvm"
+    # A verdict from another boot is probed again; without /dev/kvm access (or a kernel) that is TCG.
+    verdict.write_text(json.dumps({"boot_id": "another-boot", "accelerator": "kvm"}))
+    monkeypatch.setattr(guests, "_kvm_prints", lambda kernel, scratch: False)
+    assert guests.choose_accelerator(tmp_path / "no-kernel", tmp_path, verdict) == "tcg"
+    assert json.loads(verdict.read_text()) == {"boot_id": boot_id, "accelerator": "tcg"}
+    monkeypatch.setenv(guests.ACCEL_VARIABLE, "kvm")
+    assert guests.choose_accelerator(tmp_path / "no-kernel", tmp_path, verdict) == "kvm"
+
+
 def test_the_login_prompt_is_found_even_with_output_on_its_line() -> None:
     assert guests.LOGIN_PROMPT.search(b"ok\r\npop login: [   86.45] cloud-init[509]: Get:1 http://...")
     assert guests.LOGIN_PROMPT.search(b"\r\nplex-us.example.com login: ")

@@ -475,13 +475,16 @@ class BootLab:
     def guest_at(self, address: str) -> guests.Guest | None:
         return next((guest for guest in self.guests.values() if guest.address == address), None)
 
-    def wait_ready(self, guest: guests.Guest, timeout: float = 1200) -> Timings:
-        """Wait for the login prompt and for cloud-init to finish (from the console); record both times."""
-        login, done = guest.wait_for_boot(timeout)
-        timings = Timings(login=round(login, 1), cloud_init_done=round(done, 1))
-        self.timings[guest.name] = timings
+    def wait_ready(self, *waited: guests.Guest, timeout: float = 1200) -> dict[str, Timings]:
+        """Wait until each guest's console showed the login prompt and cloud-init's end; record and
+        return each one's times (seconds from its start)."""
+        guests.wait_for_boots(waited, timeout)
+        for guest in waited:
+            self.timings[guest.name] = Timings(
+                login=round(guest.boot_seen["login"], 1), cloud_init_done=round(guest.boot_seen["cloud-init"], 1)
+            )
         self._save_state()
-        return timings
+        return {guest.name: self.timings[guest.name] for guest in waited}
 
     def lab_private_key(self) -> str:
         assert self.key is not None
@@ -809,9 +812,8 @@ def vms_up(
             raise LabError(f"the plan has {len(plan.vms)} VMs; the boot lab runs at most {MAX_RUNNING_GUESTS}")
         for guest in lab.boot(plan.vms):
             say(f"guest {guest.name} at {guest.address}: booting (console {guest.console_log})")
-        for guest in list(lab.guests.values()):
-            timings = lab.wait_ready(guest)
-            say(f"guest {guest.name}: login after {timings.login} s, cloud-init done after {timings.cloud_init_done} s")
+        for name, timings in lab.wait_ready(*lab.guests.values()).items():
+            say(f"guest {name}: login after {timings.login} s, cloud-init done after {timings.cloud_init_done} s")
         if plan.steps:
             lab.step_runner(echo=say).apply(plan.steps)
             say(f"ran {len(plan.steps)} steps (log: {lab.steps_log})")

@@ -67,10 +67,9 @@ def measure(cold: bool) -> list[tuple[str, str]]:
             if lab.image_build_seconds is not None:
                 rows.append(("image build (mmdebstrap + mkfs.ext4)", f"{lab.image_build_seconds:.0f} s"))
             first, second = lab.boot([VmRequest("first", PLAIN_USER_DATA), VmRequest("second", PLAIN_USER_DATA)])
-            for guest in (first, second):
-                timings = lab.wait_ready(guest)
-                rows.append((f"{guest.name}: boot to login prompt (2 guests at once)", f"{timings.login:.0f} s"))
-                rows.append((f"{guest.name}: cloud-init done (minimal user_data)", f"{timings.cloud_init_done:.0f} s"))
+            for name, timings in lab.wait_ready(first, second).items():
+                rows.append((f"{name}: boot to login prompt (2 guests at once)", f"{timings.login:.0f} s"))
+                rows.append((f"{name}: cloud-init done (minimal user_data)", f"{timings.cloud_init_done:.0f} s"))
             apt, venv = pop_package_commands()
             for guest, cache_state in ((first, "cold" if cold else "as found"), (second, "warm")):
                 before = package_cache.read_stats(lab.cache_port)

@@ -48,6 +48,7 @@ HOST_KEYS_END: Final = "-----END SSH HOST KEY KEYS-----"
 # getty's prompt starts a line; kernel or cloud-init output may follow it on the same line.
 LOGIN_PROMPT: Final = re.compile(rb"^\r?(?!Last )[\w.-]+ login: ", re.MULTILINE)
 CLOUD_INIT_FINISHED: Final = re.compile(rb"Cloud-init v\. \S+ finished at")
+BOOT_MARKS: Final = {"login": LOGIN_PROMPT, "cloud-init": CLOUD_INIT_FINISHED}
 ACCEL_VERDICT_FILE: Final = Path("/run/plexcdn-lab-accelerator.json")
 
 
@@ -194,6 +195,7 @@ class Guest:
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     _host_keys: tuple[str, ...] = ()
+    boot_seen: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -280,6 +282,7 @@ class Guest:
                 self.qemu_command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )
         self.started_at = time.monotonic()
+        self.boot_seen = {}
         (self.directory / "qemu.pid").write_text(str(self.process.pid))
         self._attach_tap()
 
@@ -323,28 +326,22 @@ class Guest:
             f"console ends:\n{self.console_text()[-3000:]}"
         )
 
+    def poll_boot(self) -> dict[str, float]:
+        """Seconds from the start at which the console first showed the login prompt ("login") and
+        cloud-init's "finished" line ("cloud-init"), as far as seen so far; call it often."""
+        if not self.running():
+            raise LabError(f"guest {self.name} stopped; console:\n{self.console_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            console = self.console_log.read_bytes()
+            for name, pattern in BOOT_MARKS.items():
+                if name not in self.boot_seen and pattern.search(console):
+                    self.boot_seen[name] = time.monotonic() - self.started_at
+        return dict(self.boot_seen)
+
     def wait_for_boot(self, timeout: float) -> tuple[float, float]:
-        """Seconds from the start until the console's first login prompt and cloud-init's "finished" line,
-        each taken when first seen (polled twice a second)."""
-        seen: dict[str, float] = {}
-        patterns = {"login": LOGIN_PROMPT, "cloud-init": CLOUD_INIT_FINISHED}
-        deadline = time.monotonic() + timeout
-        while len(seen) < len(patterns):
-            if not self.running():
-                raise LabError(f"guest {self.name} stopped; console:\n{self.console_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                missing = ", ".join(name for name in patterns if name not in seen)
-                raise LabError(
-                    f"guest {self.name}: no {missing} on the console within {timeout:.0f} s; "
-                    f"console ends:\n{self.console_text()[-3000:]}"
-                )
-            with contextlib.suppress(OSError):
-                console = self.console_log.read_bytes()
-                for name, pattern in patterns.items():
-                    if name not in seen and pattern.search(console):
-                        seen[name] = time.monotonic() - self.started_at
-            time.sleep(0.5)
-        return seen["login"], seen["cloud-init"]
+        """Seconds until the login prompt and until cloud-init finished (polled twice a second)."""
+        wait_for_boots([self], timeout)
+        return self.boot_seen["login"], self.boot_seen["cloud-init"]
 
     def console_size(self) -> int:
         with contextlib.suppress(OSError):
@@ -500,9 +497,19 @@ def kill_recorded_guests(state_dir: Path) -> list[int]:
     return killed
 
 
-def boot_in_parallel(guests: Sequence[Guest], max_parallel: int = 2) -> None:
-    """Start guests; never more than `max_parallel` at once are starting (the lab machine has 2 cores)."""
-    if len(guests) > max_parallel:
-        raise LabError(f"the boot lab runs at most {max_parallel} guests at once, not {len(guests)}")
-    for guest in guests:
-        guest.start()
+def wait_for_boots(guests: Sequence[Guest], timeout: float) -> None:
+    """Poll every guest's console until each has shown its login prompt and cloud-init's end, so each
+    guest's times are its own however many boot at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [guest for guest in guests if len(guest.poll_boot()) < len(BOOT_MARKS)]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            guest = pending[0]
+            missing = ", ".join(name for name in BOOT_MARKS if name not in guest.boot_seen)
+            raise LabError(
+                f"guest {guest.name}: no {missing} on the console within {timeout:.0f} s; "
+                f"console ends:\n{guest.console_text()[-3000:]}"
+            )
+        time.sleep(0.5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -291,6 +292,30 @@ def test_the_accelerator_verdict_is_kept_for_this_boot_only(tmp_path: Path, monk
     assert json.loads(verdict.read_text()) == {"boot_id": boot_id, "accelerator": "tcg"}
     monkeypatch.setenv(guests.ACCEL_VARIABLE, "kvm")
     assert guests.choose_accelerator(tmp_path / "no-kernel", tmp_path, verdict) == "kvm"
+
+
+def test_each_guests_boot_marks_are_timed_from_its_own_console(tmp_path: Path) -> None:
+    image = guest_image.BaseImage(tmp_path, {})
+    waited = []
+    for index, name in enumerate(("us", "asia")):
+        guest = guests.Guest(guests.GuestSpec(name, b"", index), image, tmp_path / name, "pcv-lab", 1)
+        guest.directory.mkdir()
+        guest.process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        guest.started_at = time.monotonic()
+        waited.append(guest)
+    us, asia = waited
+    try:
+        us.console_log.write_bytes(b"\r\nus login: [ 80.1] cloud-init[1]: Cloud-init v. 25.1.4 finished at Sun\r\n")
+        asia.console_log.write_bytes(b"[ 3.0] booting\r\n")
+        assert set(us.poll_boot()) == {"login", "cloud-init"} and asia.poll_boot() == {}
+        with pytest.raises(LabError, match="asia: no login, cloud-init"):
+            guests.wait_for_boots(waited, timeout=0.2)
+        asia.console_log.write_bytes(b"asia login: \r\nCloud-init v. 25.1.4 finished at Sun\r\n")
+        guests.wait_for_boots(waited, timeout=5)
+        assert asia.boot_seen["login"] > us.boot_seen["login"]
+    finally:
+        for guest in waited:
+            guest.kill()
 
 
 def test_the_login_prompt_is_found_even_with_output_on_its_line() -> None:

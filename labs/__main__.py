@@ -2,6 +2,10 @@
 
     python -m labs lab up STACK_FILE        the relay lab: rendered POP configs in namespaces, one JSON line
     python -m labs lab down
+    python -m labs lab vms up STACK_FILE [--plan PLAN]   the boot lab: Debian 13 guests boot the stack's
+                                            user_data and take its pulumi-command steps; one JSON line last
+    python -m labs lab vms logs             every guest's nginx, certbot, cloud-init logs and console
+    python -m labs lab vms down
     python -m labs bench [--short]          the WAN benchmark
 
 `python -m plexcdn lab ...` and `python -m plexcdn bench ...` are aliases of these.
@@ -57,6 +61,41 @@ def _lab_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _vms_up(args: argparse.Namespace) -> int:
+    from labs import boot_lab
+
+    def up() -> int:
+        make_plan = boot_lab.plan_from_file(Path(args.plan)) if args.plan else boot_lab.rendered_plan
+        info = boot_lab.vms_up(Path(args.stack_file), make_plan, media_mb=args.media_mb, echo=_say)
+        print(json.dumps(info))
+        return 0
+
+    return run_in_lab("boot lab", up)
+
+
+def _vms_logs(args: argparse.Namespace) -> int:
+    from labs import boot_lab
+
+    def logs() -> int:
+        for guest, copied in boot_lab.vms_logs().items():
+            print(f"{guest}: {', '.join(copied) if copied else 'nothing (no console yet)'}")
+        return 0
+
+    return run_in_lab("boot lab", logs)
+
+
+def _vms_down(args: argparse.Namespace) -> int:
+    from labs import boot_lab
+
+    removed = boot_lab.vms_down()
+    print(f"removed {len(removed)} boot lab namespaces" + (f": {', '.join(removed)}" if removed else ""))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from labs import wan_bench
 
@@ -83,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     lab_commands.add_parser("down", help="remove the relay lab: namespaces and processes").set_defaults(
         handler=_lab_down
     )
+    vms = lab_commands.add_parser(
+        "vms", help="the boot lab: Debian 13 guests under QEMU boot the stack's user_data (root)"
+    )
+    vms_commands = vms.add_subparsers(dest="vms_command", required=True)
+    vms_up = vms_commands.add_parser("up", help="start the lab and boot the stack's VMs; prints one JSON line last")
+    vms_up.add_argument("stack_file")
+    vms_up.add_argument(
+        "--plan",
+        help="JSON plan: each VM's user_data file and the pulumi-command steps "
+        "(default: the rendered cloud-init, no steps)",
+    )
+    vms_up.add_argument("--media-mb", type=int, default=64, help="size of the Plex stand-in's media file")
+    vms_up.set_defaults(handler=_vms_up)
+    vms_commands.add_parser("logs", help="copy every guest's logs and console into the lab's logs_dir").set_defaults(
+        handler=_vms_logs
+    )
+    vms_commands.add_parser("down", help="stop the guests and remove the boot lab").set_defaults(handler=_vms_down)
     bench = commands.add_parser(
         "bench", help="WAN benchmark: direct vs. naive relay vs. plex-cdn over emulated links (root)"
     )

@@ -69,7 +69,7 @@ def _vms_up(args: argparse.Namespace) -> int:
     from labs import boot_lab
 
     def up() -> int:
-        make_plan = boot_lab.plan_from_file(Path(args.plan)) if args.plan else boot_lab.rendered_plan
+        make_plan = boot_lab.plan_from_file(Path(args.plan)) if args.plan else boot_lab.stack_plan
         info = boot_lab.vms_up(Path(args.stack_file), make_plan, media_mb=args.media_mb, echo=_say)
         print(json.dumps(info))
         return 0

@@ -21,8 +21,8 @@ once and kept under /var/cache/plexcdn-lab/boot-lab/, so the image stays cached 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -58,9 +58,9 @@ from labs.remote_steps import (
     Deployment,
     SshSession,
     Step,
+    StepError,
     StepRunner,
 )
-from plexcdn import iam, render
 from plexcdn.config import StackConfig, load_stack_file
 
 PREFIX: Final = "pcv-"
@@ -70,7 +70,8 @@ STATE_DIR: Final = Path("/run/plexcdn-lab-vms")
 PERSISTENT_DIR: Final = Path("/var/cache/plexcdn-lab/boot-lab")
 LAB_CA_NAME: Final = "plex-cdn boot lab"
 LAB_KEY_AUTHORIZED_FILE: Final = "/etc/ssh/plexcdn-lab-authorized-keys"
-MAX_RUNNING_GUESTS: Final = 2
+# Three 1-vCPU guests on the lab machine's two cores: a stack's two POPs and one more (a second stack's VM).
+MAX_RUNNING_GUESTS: Final = 3
 DEFAULT_MEDIA_MB: Final = 64
 PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 SERVICE_START_SECONDS: Final = 60
@@ -389,6 +390,26 @@ class BootLab:
             self.records_file, [*kept, services.LabRecord(name, record_type.upper(), tuple(values), ttl)]
         )
 
+    def apply_records(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Route53 record sets as the program asked for them (aws.route53.Record inputs), into moto's zone."""
+        assert self.moto is not None and self.zone_id is not None
+        changes = []
+        for record in records:
+            record_set: dict[str, Any] = {
+                "Name": record["name"],
+                "Type": record["type"],
+                "TTL": int(record["ttl"]),
+                "ResourceRecords": [{"Value": value} for value in record["records"]],
+            }
+            if "setIdentifier" in record:
+                record_set["SetIdentifier"] = record["setIdentifier"]
+                record_set["Region"] = record["latencyRoutingPolicies"][0]["region"]
+            changes.append({"Action": "UPSERT", "ResourceRecordSet": record_set})
+        if changes:
+            self.moto.client("route53").change_resource_record_sets(
+                HostedZoneId=self.zone_id, ChangeBatch={"Changes": changes}
+            )
+
     def remove_record(self, name: str, record_type: str | None = None) -> None:
         name = name.lower().rstrip(".")
         kept = [r for r in self.records() if not (r.name == name and record_type in (None, r.type))]
@@ -435,9 +456,10 @@ class BootLab:
 
     # guests --------------------------------------------------------------------------------------------
 
-    def addresses(self, names: Sequence[str]) -> dict[str, str]:
-        """The address each VM will have (VM i of `names` at guest_address(i)): the program's "public IPs"."""
-        return {name: str(env.guest_address(index)) for index, name in enumerate(names)}
+    def addresses(self, names: Sequence[str], first_index: int = 0) -> dict[str, str]:
+        """The address each VM will have (VM i of `names` at guest_address(first_index + i)): the program's
+        "public IPs"."""
+        return {name: str(env.guest_address(first_index + index)) for index, name in enumerate(names)}
 
     def boot(self, vms: Sequence[VmRequest], first_index: int | None = None) -> list[guests.Guest]:
         """Start guests for `vms` (at most MAX_RUNNING_GUESTS running in all); returns at once."""
@@ -689,6 +711,7 @@ class LabPlan:
 
     vms: tuple[VmRequest, ...]
     steps: tuple[Step, ...] = ()
+    records: tuple[dict[str, Any], ...] = ()  # Route53 record sets, made once the steps they wait for ran
 
 
 # Makes the plan once the lab's services run (moto holds the zone and can issue real IAM keys by then).
@@ -756,21 +779,32 @@ def plan_from_file(path: Path) -> PlanMaker:
     return lambda lab, config: plan
 
 
-def rendered_plan(lab: BootLab, config: StackConfig) -> LabPlan:
-    """Without a plan file: each POP's cloud-init as `python -m plexcdn render` makes it, with a real
-    certbot IAM key from moto (and its policy), the placeholder deploy key, and no steps."""
+def stack_plan(
+    lab: BootLab, config: StackConfig, build_dir: Path | None = None, first_index: int | None = None
+) -> LabPlan:
+    """The stack's whole graph, as `pulumi up` would make it: the program run under labs.stack_engine with
+    moto's IAM and Route53 (the lab's), each VM at its lab address, then each VM's exact user_data and the
+    pulumi-command steps in the order an engine could run them. The build directory (the releases the
+    copy steps send) is under the lab's state."""
+    from components.stack import build_stack
+    from labs import stack_engine
+
     assert lab.moto is not None
-    zone_id = lab.zone_id or lab.moto.create_zone(config.domain)
-    lab.zone_id = zone_id
-    user = f"plex-cdn-{config.stack}-certbot"
-    key_id, secret = lab.moto.create_user_with_key(user)
-    lab.moto.put_user_policy(user, iam.certbot_policy(zone_id, config.all_certificate_names()))
-    boot = dataclasses.replace(render.PLACEHOLDER_BOOT_VALUES, aws_access_key_id=key_id, aws_secret_access_key=secret)
-    vms = tuple(
-        VmRequest(pop.name, render.cloud_init(config, pop.name, boot).encode(), hostname=config.pop_name(pop.name))
-        for pop in config.pops
+    vm_names = [f"{pop.name}-vm" for pop in config.pops]
+    # By default after the guests the lab already has, so that a second stack's VMs get addresses of their own.
+    first = len(lab.guests) if first_index is None else first_index
+    addresses = lab.addresses([name.removesuffix("-vm") for name in vm_names], first_index=first)
+    engine = stack_engine.StackEngine(
+        lab.moto.client("iam"),
+        lab.moto.client("route53"),
+        lambda resource: stack_engine.VmAddress(addresses[resource.removesuffix("-vm")]),
     )
-    return LabPlan(vms)
+    build_dir = build_dir or lab.state_dir / "build" / config.stack
+    monitor = stack_engine.run_program(engine, config.stack, lambda: build_stack(config, build_dir))
+    planned = stack_engine.plan(monitor, Path.cwd())
+    vms = tuple(VmRequest(vm.resource.removesuffix("-vm"), vm.user_data, hostname=vm.label) for vm in planned.vms)
+    ordered = sorted(vms, key=lambda vm: list(addresses).index(vm.name))
+    return LabPlan(tuple(ordered), planned.steps, planned.records)
 
 
 def _origin_names(config: StackConfig) -> list[str]:
@@ -787,7 +821,7 @@ def _origin_names(config: StackConfig) -> list[str]:
 
 def vms_up(
     stack_file: Path,
-    make_plan: PlanMaker = rendered_plan,
+    make_plan: PlanMaker = stack_plan,
     state_dir: Path = STATE_DIR,
     media_mb: int = DEFAULT_MEDIA_MB,
     echo: Callable[[str], None] | None = None,
@@ -810,17 +844,48 @@ def vms_up(
         plan = make_plan(lab, config)
         if len(plan.vms) > MAX_RUNNING_GUESTS:
             raise LabError(f"the plan has {len(plan.vms)} VMs; the boot lab runs at most {MAX_RUNNING_GUESTS}")
-        for guest in lab.boot(plan.vms):
-            say(f"guest {guest.name} at {guest.address}: booting (console {guest.console_log})")
-        for name, timings in lab.wait_ready(*lab.guests.values()).items():
-            say(f"guest {name}: login after {timings.login} s, cloud-init done after {timings.cloud_init_done} s")
-        if plan.steps:
-            lab.step_runner(echo=say).apply(plan.steps)
-            say(f"ran {len(plan.steps)} steps (log: {lab.steps_log})")
+        deploy(lab, plan, say)
         return lab.detach()
     except BaseException:
         lab.close()
         raise
+
+
+def deploy(lab: BootLab, plan: LabPlan, say: Callable[[str], None] = lambda line: None) -> Deployment:
+    """Boot the plan's VMs and run its steps at once, as the engine would (the steps' SSH dials wait for
+    each VM; first boot itself waits for the credentials a step delivers), then make its records."""
+    outcome = deploy_all(lab, [plan], say)[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def deploy_all(
+    lab: BootLab, plans: Sequence[LabPlan], say: Callable[[str], None] = lambda line: None
+) -> list[Deployment | StepError]:
+    """Several stacks' `pulumi up` at once: every VM booted, then each plan's steps in a thread of its own;
+    a plan whose step fails gets its StepError, the others go on. Records follow each plan's steps."""
+    for plan in plans:
+        for guest in lab.boot(plan.vms):
+            say(f"guest {guest.name} at {guest.address}: booting (console {guest.console_log})")
+    outcomes: list[Deployment | StepError] = []
+
+    def apply(plan: LabPlan) -> Deployment:
+        deployment = lab.step_runner(echo=say).apply(plan.steps)
+        lab.apply_records(plan.records)
+        say(f"ran {len(plan.steps)} steps (log: {lab.steps_log})")
+        return deployment
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans) or 1) as pool:
+        futures = [pool.submit(apply, plan) for plan in plans]
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except StepError as error:
+                outcomes.append(error)
+    for name, timings in lab.wait_ready(*lab.guests.values()).items():
+        say(f"guest {name}: login after {timings.login} s, cloud-init done after {timings.cloud_init_done} s")
+    return outcomes
 
 
 def vms_logs(state_dir: Path = STATE_DIR) -> dict[str, list[str]]:

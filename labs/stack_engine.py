@@ -16,10 +16,12 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
 
 import pulumi
 from cryptography import x509
@@ -28,6 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from labs.mock_engine import RecordingMonitor, Registration
+from labs.remote_steps import (
+    DIAL_ERROR_LIMIT_DEFAULT,
+    PER_DIAL_TIMEOUT_DEFAULT,
+    CommandStep,
+    Connection,
+    CopyStep,
+    Step,
+)
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -170,16 +180,39 @@ class VmAddress:
     ipv6: str = ""
 
 
+# Inputs a provider ignores when it decides whether a resource changed (the program's ignore_changes).
+IGNORED_INPUTS: Final = {
+    "digitalocean:index/droplet:Droplet": ("userData",),
+    "linode:index/instance:Instance": ("metadatas",),
+}
+
+
+@dataclass(frozen=True)
+class MadeResource:
+    inputs: dict[str, Any]
+    identifier: str
+    outputs: dict[str, Any]
+
+
 class StackEngine(pulumi.runtime.Mocks):
     """Pulumi mocks that make what the program's values depend on for real (see the module's docstring).
 
     `iam` and `route53` are boto3 clients (moto's, in the lab); `addresses(resource_name)` gives a VM its
-    lab address when the program makes it."""
+    lab address when the program makes it. `state` is what an earlier run made: as with a stack's state,
+    a resource whose inputs did not change keeps what it had (its key, its certificate, its VM), so a second
+    run of a changed program is a `pulumi up` of the same stack."""
 
-    def __init__(self, iam: Any, route53: Any, addresses: Callable[[str], VmAddress]) -> None:
+    def __init__(
+        self,
+        iam: Any,
+        route53: Any,
+        addresses: Callable[[str], VmAddress],
+        state: dict[str, MadeResource] | None = None,
+    ) -> None:
         self.iam = iam
         self.route53 = route53
         self.addresses = addresses
+        self.state: dict[str, MadeResource] = state if state is not None else {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         handlers: dict[str, Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]] = {
@@ -202,7 +235,13 @@ class StackEngine(pulumi.runtime.Mocks):
         if handler is None:
             # Recorded and replayed later (commands, records, firewalls), or of no consequence in the lab.
             return f"{args.name}-id", outputs
+        key = f"{args.typ}::{args.name}"
+        compared = {k: v for k, v in inputs.items() if k not in IGNORED_INPUTS.get(args.typ, ())}
+        earlier = self.state.get(key)
+        if earlier is not None and earlier.inputs == compared:
+            return earlier.identifier, {**outputs, **earlier.outputs}
         identifier, made = handler(args.name, inputs)
+        self.state[key] = MadeResource(compared, identifier, made)
         outputs.update(made)
         return identifier, outputs
 
@@ -306,7 +345,7 @@ class StackEngine(pulumi.runtime.Mocks):
         return fingerprint, {"fingerprint": fingerprint}
 
 
-def run_program(engine: StackEngine, stack: str, program: Callable[[], pulumi.Output[Any] | None]) -> RecordingMonitor:
+def run_program(engine: StackEngine, stack: str, program: Callable[[], object]) -> RecordingMonitor:
     """Run `program` (which builds the graph) to completion under `engine`; return what the engine saw."""
     import asyncio
 
@@ -315,8 +354,8 @@ def run_program(engine: StackEngine, stack: str, program: Callable[[], pulumi.Ou
     pulumi.runtime.set_mocks(engine, project="plex-cdn", stack=stack, preview=False, monitor=monitor)
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
-    def whole_graph() -> pulumi.Output[Any] | None:
-        return program()
+    def whole_graph() -> None:
+        program()
 
     whole_graph()
     return monitor
@@ -335,3 +374,114 @@ def secret_value(value: Any) -> Any:
 
 def registrations_by_urn(monitor: RecordingMonitor) -> dict[str, Registration]:
     return {registration.urn: registration for registration in monitor.registrations}
+
+
+# --- from what the engine saw to what the lab runs -----------------------------------------------------------
+
+VM_TYPES: Final = ("digitalocean:index/droplet:Droplet", "linode:index/instance:Instance")
+COMMAND_TYPE: Final = "command:remote:Command"
+COPY_TYPE: Final = "command:remote:CopyToRemote"
+RECORD_TYPE: Final = "aws:route53/record:Record"
+
+
+@dataclass(frozen=True)
+class PlannedVm:
+    resource: str  # the VM's resource name, e.g. "us-vm"
+    label: str  # the name the provider shows, which becomes its hostname
+    user_data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """What `pulumi up` of the recorded graph would do to machines: VMs with their first boot, the
+    pulumi-command steps in an order the engine could run them, and the Route53 record sets."""
+
+    vms: tuple[PlannedVm, ...]
+    steps: tuple[Step, ...]
+    records: tuple[dict[str, Any], ...]
+
+
+def vm_user_data(registration: Registration) -> bytes:
+    inputs = secret_value(registration.inputs)
+    if registration.type == "linode:index/instance:Instance":
+        return base64.b64decode(inputs["metadatas"][0]["userData"])
+    return str(inputs["userData"]).encode()
+
+
+def _connection(value: Mapping[str, Any]) -> Connection:
+    return Connection(
+        host=str(value["host"]),
+        private_key=str(value["privateKey"]),
+        user=str(value.get("user", "root")),
+        port=int(value.get("port", 22)),
+        host_key=value.get("hostKey"),
+        dial_error_limit=int(value.get("dialErrorLimit", DIAL_ERROR_LIMIT_DEFAULT)),
+        per_dial_timeout=int(value.get("perDialTimeout", PER_DIAL_TIMEOUT_DEFAULT)),
+    )
+
+
+def _step(registration: Registration, depends_on: tuple[str, ...], cwd: Path) -> Step:
+    inputs = secret_value(registration.inputs)
+    connection = _connection(inputs["connection"])
+    if registration.type == COPY_TYPE:
+        # A FileArchive of a directory: its path as the program gave it, relative to where the program ran.
+        source = str((cwd / inputs["source"]["path"]).resolve())
+        return CopyStep(registration.name, connection, source, str(inputs["remotePath"]), depends_on=depends_on)
+    return CommandStep(
+        registration.name,
+        connection,
+        create=inputs.get("create"),
+        update=inputs.get("update"),
+        delete=inputs.get("delete"),
+        stdin=inputs.get("stdin"),
+        logging=inputs.get("logging", "stdoutAndStderr"),
+        triggers=tuple(json.dumps(trigger, sort_keys=True) for trigger in inputs.get("triggers") or ()),
+        secret_inputs=frozenset(path.split(".")[0].split("[")[0] for path in registration.secret_inputs),
+        depends_on=depends_on,
+    )
+
+
+def _ancestors_among(registration: Registration, wanted: set[str], by_urn: Mapping[str, Registration]) -> set[str]:
+    """The `wanted` resources `registration` waits for, directly or through resources outside `wanted`."""
+    found: set[str] = set()
+    stack = list(registration.depends_on)
+    seen: set[str] = set()
+    while stack:
+        urn = stack.pop()
+        if urn in seen:
+            continue
+        seen.add(urn)
+        if urn in wanted:
+            found.add(urn)
+        elif urn in by_urn:
+            stack.extend(by_urn[urn].depends_on)
+    return found
+
+
+def plan(monitor: RecordingMonitor, cwd: Path) -> StackPlan:
+    """The VMs, steps and records of a recorded graph. Steps come in waves, as an engine that runs whatever
+    is ready would start them: every step whose dependencies are done before any step that waits for one
+    (so each VM's credentials arrive while the others still boot)."""
+    by_urn = registrations_by_urn(monitor)
+    vms = tuple(
+        PlannedVm(r.name, str(secret_value(r.inputs).get("name") or secret_value(r.inputs)["label"]), vm_user_data(r))
+        for r in monitor.registrations
+        if r.type in VM_TYPES
+    )
+    step_registrations = [r for r in monitor.registrations if r.type in (COMMAND_TYPE, COPY_TYPE)]
+    step_urns = {r.urn for r in step_registrations}
+    waits = {r.urn: _ancestors_among(r, step_urns, by_urn) for r in step_registrations}
+    ordered: list[Step] = []
+    done: set[str] = set()
+    remaining = list(step_registrations)
+    while remaining:
+        wave = [r for r in remaining if waits[r.urn] <= done]
+        if not wave:
+            raise ValueError("the recorded steps wait for each other in a cycle")
+        for registration in wave:
+            depends_on = tuple(sorted(by_urn[urn].name for urn in waits[registration.urn]))
+            ordered.append(_step(registration, depends_on, cwd))
+        done |= {r.urn for r in wave}
+        remaining = [r for r in remaining if r.urn not in done]
+    records = tuple(secret_value(r.inputs) for r in monitor.registrations if r.type == RECORD_TYPE)
+    return StackPlan(vms, tuple(ordered), records)

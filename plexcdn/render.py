@@ -25,8 +25,10 @@ PEER_PORT: Final = 8443
 HEALTH_PATH: Final = "/plexcdn/health"
 NGINX_RELEASES_DIR: Final = "/etc/plex-cdn/releases"
 WIREGUARD_INTERFACE: Final = "plexcdn"
-ISSUE_ATTEMPTS: Final = 4
-ISSUE_RETRY_SECONDS: Final = 30
+# A first certificate is tried three times over one to two minutes; a lasting failure (the ACME server
+# unreachable, the zone missing) fails first boot, and the deploy says so, rather than keep a POP waiting.
+ISSUE_ATTEMPTS: Final = 3
+ISSUE_RETRY_SECONDS: Final = 20
 # certbot's DNS-01 hooks on a POP: a program copied as it is (plexcdn/acme_dns_hook.py).
 ACME_DNS_HOOK_PATH: Final = "/usr/local/sbin/plexcdn-acme-dns-hook"
 PEER_CA_FILE: Final = "plexcdn-peer-ca.pem"

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from moto import mock_aws
 
+from labs import remote_steps, stack_engine
 from labs.mock_engine import RecordingMonitor
 from labs.stack_engine import StackEngine, VmAddress, run_program, secret_value
 from plexcdn import render
@@ -109,3 +110,64 @@ def test_the_peer_certificates_chain_to_the_stacks_peer_ca_and_match_their_keys(
         check=False,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_plan_runs_each_vms_credentials_before_any_step_waits_for_a_first_boot(
+    engine_run: Any, tmp_path: Path
+) -> None:
+    _, monitor, _ = engine_run
+    planned = stack_engine.plan(monitor, Path.cwd())
+    assert {(vm.resource, vm.label) for vm in planned.vms} == {
+        ("us-vm", "plex-cdn-dev-us"),
+        ("asia-vm", "plex-cdn-dev-asia"),
+    }
+    assert all(yaml.safe_load(vm.user_data)["ssh_keys"] for vm in planned.vms)
+    names = [step.name for step in planned.steps]
+    assert set(names[:2]) == {"us-certbot-credentials", "asia-certbot-credentials"}
+    for pop in ("us", "asia"):
+        chain = [f"{pop}-certbot-credentials", f"{pop}-boot-wait", f"{pop}-nginx-release", f"{pop}-nginx-deploy"]
+        assert [names.index(step) for step in chain] == sorted(names.index(step) for step in chain)
+    steps = {step.name: step for step in planned.steps}
+    assert steps["us-boot-wait"].depends_on == ("us-certbot-credentials",)
+    assert steps["us-nginx-deploy"].depends_on == ("us-nginx-release",)
+    copy = steps["us-nginx-release"]
+    assert isinstance(copy, remote_steps.CopyStep) and Path(copy.source).is_dir()
+    assert copy.source.startswith(str(tmp_path)) and copy.remote_path == render.NGINX_RELEASES_DIR
+    credentials = steps["us-certbot-credentials"]
+    assert isinstance(credentials, remote_steps.CommandStep) and "stdin" in credentials.secret_inputs
+    assert {record["name"] for record in planned.records} == {
+        "plex.example.com",
+        "plex-us.example.com",
+        "plex-asia.example.com",
+    }
+
+
+def test_a_second_run_with_a_changed_setting_keeps_every_key_and_changes_only_the_deploy(tmp_path: Path) -> None:
+    """What `pulumi up` of the same stack does after a config change: the VMs, keys and certificates stay;
+    the nginx release and its deploy command change."""
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    with mock_aws():
+        iam = boto3.client("iam", region_name="us-east-1")
+        route53 = boto3.client("route53", region_name="us-east-1")
+        values = example_values()
+        route53.create_hosted_zone(Name="example.com", CallerReference="lab")
+        state: dict[str, stack_engine.MadeResource] = {}
+        runs = []
+        for buffer_mb in (4, 8):
+            values["nginx"]["streamBufferMb"] = buffer_mb
+            config = config_from(values)
+            engine = StackEngine(iam, route53, lambda name: ADDRESSES[name], state)
+
+            def program(config: StackConfig = config) -> None:
+                from components.stack import build_stack
+
+                build_stack(config, tmp_path)
+
+            runs.append(stack_engine.plan(run_program(engine, config.stack, program), Path.cwd()))
+        first, second = runs
+        assert {vm.resource: vm.user_data for vm in first.vms} == {vm.resource: vm.user_data for vm in second.vms}
+        before = {step.name: step for step in first.steps}
+        after = {step.name: step for step in second.steps}
+        changed = {name for name in before if before[name].digest() != after[name].digest()}
+        assert changed == {"us-nginx-release", "us-nginx-deploy", "asia-nginx-release", "asia-nginx-deploy"}
+        assert len(iam.list_access_keys(UserName="plex-cdn-dev-certbot")["AccessKeyMetadata"]) == 1

@@ -1,11 +1,9 @@
-"""The boot lab: real Debian 13 guests under QEMU on the lab bridge, booted from NoCloud seeds.
+"""The boot lab itself: a real Debian 13 guest under QEMU on the lab bridge, booted from a NoCloud seed.
 
-Two guests boot once for the whole module, in parallel:
-- "pop" gets the POP's own package steps, taken from the rendered cloud-init of the example stack
-  (`package_update`, `packages`, and the certbot venv and pip install from `runcmd`), so apt and pip
-  run through the package cache exactly as a POP's first boot runs them;
-- "plain" gets a minimal cloud-config that authorizes a deploy key for root, as the POP's user_data
-  does; the SSH, DNS, executor and reboot tests use it while "pop" is still installing.
+One guest, "plain", boots once for the module from a minimal cloud-config that authorizes a deploy key
+for root; the image, network, DNS, executor, host-key and reboot tests use it. The POPs themselves, with
+the program's own user_data, apt and pip through the package cache and certificates from the lab's ACME
+server, are tests/lab/test_boot_pops.py.
 
 Needs root, QEMU, mmdebstrap (the first run builds the image, about a minute and a half) and the
 network (the package cache fetches from Debian's and PyPI's registries). Run under the lab lock:
@@ -22,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -32,8 +29,6 @@ from labs.boot_lab import BootLab, VmRequest, clean_up
 from labs.guests import Guest, qemu_missing
 from labs.netns import existing_namespaces, lab_unavailable_reason
 from labs.remote_steps import CommandStep, Connection, CopyStep, HostKeyError, SshSession, StepError, StepRunner
-from plexcdn import iam, render
-from plexcdn.config import load_stack_file
 
 EXAMPLE_STACK = Path(__file__).resolve().parents[2] / "Pulumi.dev.yaml"
 PREFIX = "pcvt-"
@@ -62,16 +57,6 @@ def _deploy_key() -> tuple[str, str]:
     return private, public
 
 
-def pop_package_steps() -> bytes:
-    """The example stack's first-boot package steps, exactly as rendered: nothing else of the POP."""
-    config = load_stack_file(EXAMPLE_STACK)
-    rendered = yaml.safe_load(render.cloud_init(config, config.pops[0].name))
-    runcmd = [entry for entry in rendered["runcmd"] if any("/opt/certbot" in str(part) for part in entry)]
-    assert len(runcmd) == 2, runcmd  # the venv and its pip install
-    document = {"package_update": rendered["package_update"], "packages": rendered["packages"], "runcmd": runcmd}
-    return ("#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)).encode()
-
-
 def plain_user_data(deploy_public_key: str) -> bytes:
     document = {
         "disable_root": False,
@@ -91,9 +76,8 @@ def plain_user_data(deploy_public_key: str) -> bytes:
 class Module:
     """What the module's tests share."""
 
-    def __init__(self, lab: BootLab, pop: Guest, plain: Guest, deploy_private_key: str) -> None:
+    def __init__(self, lab: BootLab, plain: Guest, deploy_private_key: str) -> None:
         self.lab = lab
-        self.pop = pop
         self.plain = plain
         self.deploy_private_key = deploy_private_key
 
@@ -114,11 +98,9 @@ def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Module]:
         assert lab.moto is not None
         lab.zone_id = lab.moto.create_zone(ZONE)
         lab.start_origin([ORIGIN_NAME])
-        pop, plain = lab.boot(
-            [VmRequest("pop", pop_package_steps()), VmRequest("plain", plain_user_data(deploy_public))]
-        )
+        (plain,) = lab.boot([VmRequest("plain", plain_user_data(deploy_public))])
         lab.wait_ready(plain, timeout=600)
-        yield Module(lab, pop, plain, deploy_private)
+        yield Module(lab, plain, deploy_private)
     assert not [ns for ns in existing_namespaces() if ns.startswith(PREFIX)], "the lab left namespaces behind"
     assert not state_dir.exists()
 
@@ -315,76 +297,6 @@ def test_host_key_pinning_refuses_a_wrong_or_missing_key(module: Module) -> None
         assert session.run("true").returncode == 0
 
 
-def test_the_pop_package_steps_install_through_the_cache(module: Module) -> None:
-    lab, pop = module.lab, module.pop
-    lab.wait_ready(pop, timeout=900)
-    status = pop.cloud_init_status(lab.lab_private_key(), pop.host_key())
-    assert status.clean, status.raw
-    versions = module.on(pop, f"nginx -v 2>&1; {CERTBOT} --version; /opt/certbot/bin/pip show certbot-dns-route53")
-    assert "nginx/1.26" in versions and "certbot 5.8.0" in versions and "Version: 5.8.0" in versions
-    counts = package_cache.read_stats(lab.cache_port)
-    assert counts["apt"].get("hit", 0) + counts["apt"].get("miss", 0) > 0
-    assert counts["pypi-file"].get("hit", 0) + counts["pypi-file"].get("miss", 0) > 0
-
-
-def test_a_second_guest_installs_from_the_cache(module: Module) -> None:
-    before = package_cache.read_stats(module.lab.cache_port)
-    module.on(
-        module.plain,
-        "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx python3-venv "
-        "&& python3 -m venv /root/venv && /root/venv/bin/pip download --no-cache-dir --disable-pip-version-check "
-        "-q -d /root/wheels certbot==5.8.0 certbot-dns-route53==5.8.0",
-        timeout=1200,
-    )
-    delta = package_cache.stats_delta(before, package_cache.read_stats(module.lab.cache_port))
-    for kind in ("apt", "pypi-simple", "pypi-file"):
-        assert delta.get(kind, {}).get("hit", 0) > 0, delta
-    assert not any(outcomes.get("miss") for outcomes in delta.values()), delta
-
-
-def test_certbot_on_a_guest_gets_a_certificate_from_pebble_through_route53(module: Module, tmp_path: Path) -> None:
-    lab, pop = module.lab, module.pop
-    assert lab.moto is not None and lab.pebble is not None and lab.zone_id is not None
-    key_id, secret = lab.moto.create_user_with_key("boot-lab-certbot")
-    lab.moto.put_user_policy("boot-lab-certbot", iam.certbot_policy(lab.zone_id, [POP_NAME]))
-    issue = (
-        "set -a; . /dev/stdin; set +a; "
-        f"{CERTBOT} certonly --non-interactive --agree-tos --email admin@{ZONE} "
-        "--server https://acme-staging-v02.api.letsencrypt.org/directory --dns-route53 "
-        f"-d {POP_NAME} --config-dir /root/le --work-dir /root/le/work --logs-dir /root/le/logs "
-        f"&& cat /root/le/live/{POP_NAME}/fullchain.pem"
-    )
-    chain = module.on(pop, issue, stdin=f"AWS_ACCESS_KEY_ID={key_id}\nAWS_SECRET_ACCESS_KEY={secret}\n", timeout=600)
-    (tmp_path / "fullchain.pem").write_text(chain[chain.index("-----BEGIN") :])
-    verify = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-CAfile",
-            str(lab.pebble.root_file),
-            "-untrusted",
-            str(tmp_path / "fullchain.pem"),
-            str(tmp_path / "fullchain.pem"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    leaf = x509.load_pem_x509_certificate((tmp_path / "fullchain.pem").read_bytes())
-    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName
-    ) == [POP_NAME]
-    challenges = [a for a in lab.dns_answers() if a["name"] == f"_acme-challenge.{POP_NAME}" and a["type"] == "TXT"]
-    assert challenges and all(a["source"] == "zone" for a in challenges)
-    front = [json.loads(line) for line in lab.front_log.read_text().splitlines()]
-    assert {entry["host"] for entry in front if entry["client"] == pop.address} >= {
-        "acme-staging-v02.api.letsencrypt.org",
-        "route53.amazonaws.com",
-    }
-
-
 def test_a_rebooted_guest_comes_back_with_its_network(module: Module) -> None:
     plain = module.plain
     seconds = plain.reboot(module.lab.lab_private_key(), plain.host_key())
@@ -395,11 +307,10 @@ def test_a_rebooted_guest_comes_back_with_its_network(module: Module) -> None:
 
 def test_logs_of_every_guest_are_collected(module: Module) -> None:
     destination = module.lab.collect_logs()
-    for guest in ("pop", "plain"):
-        for path in ("console.log", "var/log/cloud-init.log", "var/log/cloud-init-output.log"):
-            assert (destination / guest / path).is_file(), f"{guest}: {path}"
-    assert (destination / "pop" / "var" / "log" / "nginx").is_dir()
-    assert re.search(r"Cloud-init v\. \S+ finished", (destination / "pop" / "console.log").read_text(errors="replace"))
+    for path in ("console.log", "var/log/cloud-init.log", "var/log/cloud-init-output.log"):
+        assert (destination / "plain" / path).is_file(), path
+    console = (destination / "plain" / "console.log").read_text(errors="replace")
+    assert re.search(r"Cloud-init v\. \S+ finished", console)
 
 
 def test_stopping_a_guest_ends_its_qemu_and_its_tap(module: Module) -> None:
@@ -410,7 +321,7 @@ def test_stopping_a_guest_ends_its_qemu_and_its_tap(module: Module) -> None:
     links = subprocess.run(
         ["ip", "-n", module.lab.lab_namespace, "-o", "link", "show"], capture_output=True, text=True, check=True
     ).stdout
-    assert plain.tap not in links and module.pop.tap in links
+    assert plain.tap not in links
 
 
 def test_clean_up_removes_a_lab_a_crashed_process_left(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     nginx cloud-init wireguard-tools openssl ca-certificates curl
     iproute2 iputils-ping procps psmisc iperf3
-    pebble openssh-server openssh-client ffmpeg shellcheck nftables
+    pebble openssh-server openssh-client ffmpeg shellcheck nftables fuse3
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

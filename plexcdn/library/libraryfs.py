@@ -207,7 +207,7 @@ class Health:
         else:
             state, reason = "ok", ""
         if state == health.state:
-            health.reason = reason or health.reason if state != "ok" else ""
+            health.reason = reason
             return
         previous = health.state
         health.state, health.reason, health.since = state, reason, self.clock()

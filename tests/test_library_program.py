@@ -217,11 +217,15 @@ def test_seeders_watch_their_folder_and_viewers_mount_and_warm(swarm: Any) -> No
     assert "plexcdn-library-watcher" in alice and "plexcdn-library-warmer" not in alice
     assert '"media_dir": "/srv/media"' in alice
     ipns = resolved["ipns"]["alice"]
-    assert f"ln -sfn /ipns/{ipns} /mnt/plex-cdn-library/alice" in carol
+    # Plex reads alice's folder through the bounded library file system over kubo's /ipns mount.
+    assert f'"alice": {{\n   "source": "/ipns/{ipns}",' in carol
+    assert '"mount_point": "/mnt/plex-cdn-library"' in carol and "plexcdn-library-fs" in carol
+    assert "ln -sfn" not in carol
     assert "plexcdn-library-warmer" in carol and "daemon --enable-gc --mount" in carol
     assert f'"/mnt/plex-cdn-library/alice": "/ipns/{ipns}"' in carol
     # A cache node has no Plex to ask what is playing.
     assert "plexcdn-library-warmer" not in tokyo and "daemon --enable-gc --mount" in tokyo
+    assert "plexcdn-library-fs" in tokyo and "plexcdn-library-fs" not in alice
     assert "cloud-init status --wait" in tokyo and "cloud-init status --wait" not in alice
 
 

@@ -201,10 +201,12 @@ def test_units_pass_systemd_analyze_verify(config: StackConfig, tmp_path: Path) 
         f"{render.UNIT_IPFS}.service": render.ipfs_unit(config, "carol"),
         f"{render.UNIT_WATCHER}.service": render.watcher_unit(config, "alice"),
         f"{render.UNIT_WARMER}.service": render.warmer_unit(config, "carol"),
+        f"{render.UNIT_FS}.service": render.fs_unit(config, "carol"),
     }
     for name, text in files.items():
         # The binary kubo's archive installs is not on this machine: a stub at another path stands in.
-        (units / name).write_text(text.replace(render.IPFS_BINARY, str(stub)))
+        stubbed = text.replace(f"{render.FS_VENV}/bin/python", str(stub))
+        (units / name).write_text(stubbed.replace(render.IPFS_BINARY, str(stub)))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *(str(units / name) for name in files)],
         capture_output=True,
@@ -247,7 +249,7 @@ def test_the_commented_example_in_the_dev_stack_is_a_valid_section() -> None:
 
 
 def test_the_rendered_service_configs_are_what_the_services_accept(config: StackConfig) -> None:
-    from plexcdn.library import warmer, watcher
+    from plexcdn.library import libraryfs, warmer, watcher
 
     assert config.library is not None
     seeder = config.library.peer("alice")
@@ -259,6 +261,15 @@ def test_the_rendered_service_configs_are_what_the_services_accept(config: Stack
     assert warmer.map_to_ipfs("/mnt/plex-cdn-library/alice/Movies/a.mkv", warming.mounts) == (
         "/ipns/k51example/Movies/a.mkv"
     )
+    assert warming.fs_status_file == render.FS_STATUS and warming.status_file == render.WARMER_STATUS
+    serving = libraryfs.parse_config(
+        render.fs_config(viewer, {"alice": "k51example"}, {"alice": "12D3KooWexample"}), "fs.json"
+    )
+    assert serving.mount_point == viewer.mount_dir
+    assert serving.seeders == (libraryfs.SeederSource("alice", "/ipns/k51example", "12D3KooWexample"),)
+    # The folder the warmer maps is the one the file system shows alice's library in.
+    assert f"{serving.mount_point}/alice" == viewer.library_path("alice") == warming.mounts[0][0]
+    assert serving.status_file == warming.fs_status_file
 
 
 def test_offline_validation_lists_the_peers_and_asks_for_the_ssh_key(tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ class FakeKubo:
         self.refs_active: dict[str, int] = {}
         self.max_active_per_path: dict[str, int] = {}
         self.max_active_total = 0
+        # IPNS path -> what name/resolve answers (an /ipfs/ path); a missing name fails as kubo does.
+        self.names: dict[str, str] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -146,6 +148,7 @@ class FakeKubo:
             "name/publish": lambda arg, _: (200, {"Name": "k51seeder", "Value": arg}),
             "repo/stat": lambda *_: (200, {"RepoSize": self.repo_size, "StorageMax": self.storage_max}),
             "pin/rm": self._unpin,
+            "name/resolve": self._resolve,
         }
         if command not in answers:
             return 404, {"Message": f"unknown command {command}"}
@@ -184,6 +187,11 @@ class FakeKubo:
         if arg not in self.dirs:
             return 500, {"Message": "file does not exist"}
         return 200, {"Hash": self._dir_hash(arg), "Size": 0, "CumulativeSize": 0, "Type": "directory"}
+
+    def _resolve(self, arg: str, args: dict[str, list[str]]) -> tuple[int, Any]:
+        if arg not in self.names:
+            return 500, {"Message": f"could not resolve name: {arg}"}
+        return 200, {"Path": self.names[arg]}
 
     def _unpin(self, arg: str, args: dict[str, list[str]]) -> tuple[int, Any]:
         self.pins.discard(arg)
@@ -330,6 +338,10 @@ class FakePlex:
         self.status = 200
         self.tokens: list[str | None] = []
         self.accepts: list[str | None] = []
+        # Plex's libraries: (key, title, [folders]); every refresh asked for, as (key, path, token).
+        self.sections: list[tuple[str, str, list[str]]] = []
+        self.refreshes: list[tuple[str, str, str | None]] = []
+        self.refresh_status = 200
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -355,7 +367,19 @@ class FakePlex:
         token = request.headers.get("X-Plex-Token")
         self.tokens.append(token)
         self.accepts.append(request.headers.get("Accept"))
-        if urlsplit(request.path).path != "/status/sessions":
+        url = urlsplit(request.path)
+        if url.path == "/library/sections" and self.status == 200:
+            self._send(request, self._sections_xml() if self.xml else self._sections_json())
+            return
+        refresh = re.fullmatch(r"/library/sections/([^/]+)/refresh", url.path)
+        if refresh is not None and self.status == 200:
+            path = parse_qs(url.query).get("path", [""])[0]
+            self.refreshes.append((unquote_plus(refresh.group(1)), path, token))
+            request.send_response(self.refresh_status)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if url.path not in ("/status/sessions", "/library/sections") and refresh is None:
             request.send_error(404)
             return
         if self.status != 200:
@@ -372,6 +396,31 @@ class FakePlex:
         request.send_header("Content-Length", str(len(body)))
         request.end_headers()
         request.wfile.write(body)
+
+    @staticmethod
+    def _send(request: BaseHTTPRequestHandler, body: bytes) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", "text/xml" if body.startswith(b"<") else "application/json")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    def _sections_json(self) -> bytes:
+        directories = [
+            {"key": key, "title": title, "type": "movie", "Location": [{"id": n, "path": f} for n, f in enumerate(fs)]}
+            for key, title, fs in self.sections
+        ]
+        return json.dumps({"MediaContainer": {"size": len(directories), "Directory": directories}}).encode()
+
+    def _sections_xml(self) -> bytes:
+        items = "".join(
+            f"<Directory key={quoteattr(key)} title={quoteattr(title)} type='movie'>"
+            + "".join(f"<Location id='{n}' path={quoteattr(f)}/>" for n, f in enumerate(folders))
+            + "</Directory>"
+            for key, title, folders in self.sections
+        )
+        head = "<?xml version='1.0' encoding='UTF-8'?>"
+        return f"{head}<MediaContainer size='{len(self.sections)}'>{items}</MediaContainer>".encode()
 
     def _json(self) -> bytes:
         items = [{"type": "movie", "title": f, "Media": [{"Part": [{"file": f, "size": 1}]}]} for f in self.sessions]
@@ -527,7 +576,7 @@ def test_warmer_ignores_files_outside_every_mount(
     plex.sessions = ["/srv/media/Movies/local.mkv", "/mnt/plex-cdn/alicex/y.mkv", "/mnt/plex-cdn"]
     for _ in range(3):
         warmer.poll_once()
-    assert kubo.calls == []
+    assert [command for command in kubo.commands() if command != "name/resolve"] == []
     assert (warmer.in_flight, warmer.queued) == ([], [])
     mounts = warmer_module.parse_mounts({"/mnt/a/": "/ipns/A", "/mnt/a/b": "/ipns/B/sub"}, "test")
     assert map_to_ipfs("/mnt/a/b/c d.mkv", mounts) == "/ipns/B/sub/c d.mkv"
@@ -963,3 +1012,115 @@ def test_configs_reject_typos_and_accept_the_deployed_files() -> None:
     assert warmer_module.parse_config({"mounts": {MOUNT: IPNS}, "max_cache_bytes": 53687091200}).mounts == (
         (MOUNT, IPNS),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The warmer as health check and rescanner
+
+
+def test_plex_rescans_the_seeders_folder_when_its_root_moves(
+    tmp_path: Path, kubo: FakeKubo, plex: FakePlex, make_warmer: Callable[..., Warmer], caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "plex-token").write_text("plex-token-for-rescans\n")
+    plex.sections = [
+        ("3", "Alice's films", [f"{MOUNT}/Movies"]),
+        ("4", "Friends", ["/mnt/plex-cdn"]),
+        ("5", "Mine", ["/srv/media", "/mnt/plex-cdn/alicex"]),
+    ]
+    status_file = tmp_path / "warmer-status.json"
+    warmer = make_warmer(status_file=str(status_file), rescan_interval_s=0.01)
+    kubo.names[IPNS] = "/ipfs/bafyroot1"
+    caplog.set_level(logging.INFO, "plexcdn.library.warmer")
+    warmer.poll_once()
+    assert sorted(plex.refreshes) == [
+        ("3", f"{MOUNT}/Movies", "plex-token-for-rescans"),
+        ("4", MOUNT, "plex-token-for-rescans"),
+    ]
+    # bob's name does not resolve: nothing is asked for him, and the status says why.
+    saved = json.loads(status_file.read_text())
+    assert saved["seeders"]["alice"]["root"] == "/ipfs/bafyroot1"
+    assert "could not resolve name" in saved["seeders"]["bob"]["resolve_error"]
+    assert "plex-token-for-rescans" not in status_file.read_text() + caplog.text
+
+    time.sleep(0.02)
+    warmer.poll_once()
+    assert len(plex.refreshes) == 2, "the same root is not rescanned twice"
+
+    kubo.names[IPNS] = "/ipfs/bafyroot2"
+    time.sleep(0.02)
+    warmer.poll_once()
+    assert len(plex.refreshes) == 4
+    assert "asked Plex to rescan /mnt/plex-cdn/alice in library Friends (4)" in caplog.text
+
+    # A restarted warmer knows which root it had Plex rescan.
+    again = make_warmer(status_file=str(status_file), rescan_interval_s=0.01)
+    again.poll_once()
+    assert len(plex.refreshes) == 4
+
+
+def test_a_rescan_plex_refused_is_asked_again(
+    tmp_path: Path, kubo: FakeKubo, plex: FakePlex, make_warmer: Callable[..., Warmer]
+) -> None:
+    plex.sections = [("7", "Alice", [MOUNT])]
+    plex.xml = True
+    plex.refresh_status = 401
+    kubo.names[IPNS] = "/ipfs/bafyroot1"
+    warmer = make_warmer(status_file=str(tmp_path / "status.json"), rescan_interval_s=0.01)
+    warmer.poll_once()
+    assert [(key, path) for key, path, _ in plex.refreshes] == [("7", MOUNT)]
+    assert "HTTP 401" in json.loads((tmp_path / "status.json").read_text())["seeders"]["alice"]["rescan_error"]
+    plex.refresh_status = 200
+    time.sleep(0.02)
+    warmer.poll_once()
+    assert [(key, path) for key, path, _ in plex.refreshes] == [("7", MOUNT), ("7", MOUNT)]
+    saved = json.loads((tmp_path / "status.json").read_text())["seeders"]["alice"]
+    assert saved["root"] == "/ipfs/bafyroot1" and "rescan_error" not in saved
+    assert saved["rescanned"] == [f"Alice (7): {MOUNT}"]
+
+
+def test_no_plex_library_for_the_seeder_is_said_once_per_root(
+    kubo: FakeKubo, plex: FakePlex, make_warmer: Callable[..., Warmer], caplog: pytest.LogCaptureFixture
+) -> None:
+    plex.sections = [("5", "Mine", ["/srv/media"])]
+    kubo.names[IPNS] = "/ipfs/bafyroot1"
+    warmer = make_warmer(rescan_interval_s=0.01)
+    for _ in range(3):
+        warmer.poll_once()
+        time.sleep(0.02)
+    assert plex.refreshes == []
+    assert caplog.text.count(f"no Plex library holds {MOUNT}") == 1
+
+
+def write_fs_status(path: Path, **states: str) -> None:
+    seeders = {name: {"state": state, "reason": f"reason for {state}"} for name, state in states.items()}
+    path.write_text(json.dumps({"version": 1, "mount_point": "/mnt/plex-cdn", "seeders": seeders}))
+
+
+def test_the_warmer_says_when_a_seeder_stops_answering_and_prefetches_nothing_from_it(
+    tmp_path: Path, kubo: FakeKubo, plex: FakePlex, make_warmer: Callable[..., Warmer], caplog: pytest.LogCaptureFixture
+) -> None:
+    fs_status = tmp_path / "fs-status.json"
+    write_fs_status(fs_status, alice="stalled", bob="ok")
+    warmer = make_warmer(fs_status_file=str(fs_status), status_file=str(tmp_path / "w.json"), retry_s=0)
+    [path] = playing(kubo, plex, "Movies/Film.mkv")
+    caplog.set_level(logging.INFO, "plexcdn.library.warmer")
+    warmer.poll_once()
+    assert warmer.in_flight == [] and kubo.refs_started == []
+    assert f"seeder folder {MOUNT} is stalled: reason for stalled" in caplog.text
+    assert f"not prefetching {path}: seeder alice is stalled" in caplog.text
+    saved = json.loads((tmp_path / "w.json").read_text())["seeders"]
+    assert saved["alice"]["state"] == "stalled" and saved["bob"]["state"] == "ok"
+
+    write_fs_status(fs_status, alice="ok", bob="ok")
+    poll_until(warmer, lambda: path in warmer.completed)
+    assert f"seeder folder {MOUNT} answers again (was stalled)" in caplog.text
+    assert kubo.refs_started == [path]
+
+
+def test_without_a_status_from_the_library_file_system_the_seeders_are_unknown(
+    tmp_path: Path, make_warmer: Callable[..., Warmer]
+) -> None:
+    warmer = make_warmer(fs_status_file=str(tmp_path / "missing.json"))
+    assert {state.state for state in warmer.seeder_health().values()} == {"unknown"}
+    (tmp_path / "garbage.json").write_text("{not json")
+    assert warmer_module.read_fs_status(str(tmp_path / "garbage.json")) == {}

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from plexcdn import vm_identity
 from plexcdn.config import LibraryConfig, LibraryPeerConfig, StackConfig
-from plexcdn.library import keys, kubo, warmer, watcher
+from plexcdn.library import keys, kubo, libraryfs, warmer, watcher
 from plexcdn.transcode.render import HEREDOC_END, as_root, render_template
 from plexcdn.vm_identity import VmIdentity
 
@@ -38,6 +38,16 @@ WATCHER_STATE: Final = "/var/lib/plex-cdn/library/watcher-state.json"
 UNIT_IPFS: Final = "plexcdn-ipfs"
 UNIT_WATCHER: Final = "plexcdn-library-watcher"
 UNIT_WARMER: Final = "plexcdn-library-warmer"
+UNIT_FS: Final = "plexcdn-library-fs"
+STATUS_DIR: Final = "/var/lib/plex-cdn/library"
+FS_STATUS: Final = f"{STATUS_DIR}/fs-status.json"
+WARMER_STATUS: Final = f"{STATUS_DIR}/warmer-status.json"
+# The library file system's FUSE binding, in a virtualenv of its own: pure Python over libfuse 3 (ctypes), no
+# dependencies; the hash is PyPI's wheel mfusepy-3.1.1-py3-none-any.whl, which pip checks before installing.
+FS_VENV: Final = f"{PROGRAM_DIR}/venv"
+FS_REQUIREMENT: Final = "mfusepy==3.1.1 --hash=sha256:69fb70cfc7f7cce595e6ff586f8451d8298f01f18286a157f24f564b24ec5a37"
+# A call on kubo's mount that has not answered within this fails with EIO (up to twice: see libraryfs).
+FS_OP_TIMEOUT_S: Final = 15
 PLACEHOLDER_ADDRESS: Final = "198.51.100.1"  # TEST-NET-2: renders before a cloud peer has its address
 
 
@@ -137,6 +147,22 @@ def watcher_config(peer: LibraryPeerConfig) -> dict[str, Any]:
     }
 
 
+def fs_config(peer: LibraryPeerConfig, seeders: Mapping[str, str], peer_ids: Mapping[str, str]) -> dict[str, Any]:
+    """`seeders`: each seeder's name and IPNS name; `peer_ids`: each peer's ID, for the health check."""
+    return {
+        "mount_point": peer.mount_dir,
+        "seeders": {
+            name: {"source": f"/ipns/{ipns}", "peer_id": peer_ids.get(name, "")}
+            for name, ipns in sorted(seeders.items())
+        },
+        "op_timeout_s": FS_OP_TIMEOUT_S,
+        "workers_per_seeder": 8,
+        "status_file": FS_STATUS,
+        "api": kubo.API_URL,
+        "health_interval_s": 30,
+    }
+
+
 def warmer_config(peer: LibraryPeerConfig, seeders: Mapping[str, str]) -> dict[str, Any]:
     """`seeders`: each seeder's name and IPNS name."""
     return {
@@ -148,6 +174,9 @@ def warmer_config(peer: LibraryPeerConfig, seeders: Mapping[str, str]) -> dict[s
         "max_parallel": 2,
         # Room for what Plex is playing, inside the datastore's own bound.
         "max_cache_bytes": peer.cache_gb * 1000**3,
+        "fs_status_file": FS_STATUS,
+        "status_file": WARMER_STATUS,
+        "rescan_interval_s": 60,
     }
 
 
@@ -198,18 +227,25 @@ def install_script(
         "units": {
             UNIT_IPFS: ipfs_unit(config, peer_name),
             **({UNIT_WATCHER: watcher_unit(config, peer_name)} if peer.role == "seeder" else {}),
+            **({UNIT_FS: fs_unit(config, peer_name)} if peer.role == "viewer" else {}),
             **({UNIT_WARMER: warmer_unit(config, peer_name)} if peer.plex else {}),
         },
         "watcher_config": json.dumps(watcher_config(peer), indent=1) if peer.role == "seeder" else "",
         "warmer_config": json.dumps(warmer_config(peer, seeder_names), indent=1) if peer.plex else "",
         "watcher_source": _program(watcher) if peer.role == "seeder" else "",
         "warmer_source": _program(warmer) if peer.plex else "",
-        "library_links": {peer.library_path(name): f"/ipns/{ipns}" for name, ipns in sorted(seeder_names.items())}
+        "fs_config": json.dumps(
+            fs_config(peer, seeder_names, {member.name: member.peer_id for member in members}), indent=1
+        )
         if peer.role == "viewer"
-        else {},
+        else "",
+        "fs_source": _program(libraryfs) if peer.role == "viewer" else "",
+        "fs_venv": FS_VENV,
+        "fs_requirement": FS_REQUIREMENT,
+        "status_dir": STATUS_DIR,
+        "seeder_names": sorted(seeder_names),
         "plex_preferences": PLEX_PREFERENCES,
         "plex_token_file": PLEX_TOKEN_FILE,
-        "watcher_state_dir": posixpath.dirname(WATCHER_STATE),
         "heredoc_end": HEREDOC_END,
     }
     return as_root(render_template("library/install.sh.j2", **context), "root" if cloud else peer.user)
@@ -224,7 +260,7 @@ def uninstall_script(config: StackConfig, peer_name: str) -> str:
         render_template(
             "library/uninstall.sh.j2",
             peer=peer,
-            units=[UNIT_IPFS, UNIT_WATCHER, UNIT_WARMER],
+            units=[UNIT_WARMER, UNIT_FS, UNIT_WATCHER, UNIT_IPFS],
             ipfs_user=IPFS_USER,
             ipfs_path=IPFS_PATH,
             ipfs_binary=IPFS_BINARY,
@@ -270,6 +306,19 @@ def warmer_unit(config: StackConfig, peer_name: str) -> str:
         user=IPFS_USER,
         program=f"{PROGRAM_DIR}/warmer.py",
         config_file=f"{CONFIG_DIR}/warmer.json",
+        after=f"{UNIT_IPFS}.service",
+    )
+
+
+def fs_unit(config: StackConfig, peer_name: str) -> str:
+    peer = _require_library(config).peer(peer_name)
+    return render_template(
+        "library/plexcdn-library-fs.service.j2",
+        peer=peer,
+        user=IPFS_USER,
+        python=f"{FS_VENV}/bin/python",
+        program=f"{PROGRAM_DIR}/libraryfs.py",
+        config_file=f"{CONFIG_DIR}/fs.json",
         after=f"{UNIT_IPFS}.service",
     )
 

@@ -25,6 +25,17 @@ Configuration (JSON object):
   stall_timeout_s   a prefetch that receives nothing this long fails   300
   retry_s           wait before retrying a failed or skipped file   60
   completed_ttl_s   how long a finished file is remembered once it stops playing   21600
+  fs_status_file    the library file system's status file            "/var/lib/plex-cdn/library/fs-status.json"
+  status_file       where this service writes its own status         "" (none)
+  rescan_interval_s pause between asks of kubo where each seeder's name points   60
+
+It is also the viewer's health check: each poll it reads the state the library file system writes (a
+seeder whose reads stall, or whose peer is not connected), says in its log when a seeder's state changes,
+and starts no prefetch from a seeder that is not answering. And it asks Plex to rescan a seeder's folder
+when the seeder publishes new content: every `rescan_interval_s` it resolves each seeder's IPNS name, and
+when the root moved it finds the Plex libraries whose folders lie in (or hold) the seeder's folder
+(`GET /library/sections`) and asks each for a partial scan of that folder
+(`GET /library/sections/<key>/refresh?path=<folder>`). What it saw is written to `status_file`.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import posixpath
 import signal
 import socket
@@ -94,6 +106,9 @@ class WarmerConfig:
     stall_timeout_s: float = 300.0
     retry_s: float = 60.0
     completed_ttl_s: float = 6 * 3600.0
+    fs_status_file: str = "/var/lib/plex-cdn/library/fs-status.json"
+    status_file: str = ""
+    rescan_interval_s: float = 60.0
 
 
 _NUMBER = (int, float)
@@ -109,6 +124,9 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "stall_timeout_s": _NUMBER,
     "retry_s": _NUMBER,
     "completed_ttl_s": _NUMBER,
+    "fs_status_file": str,
+    "status_file": str,
+    "rescan_interval_s": _NUMBER,
 }
 
 
@@ -139,7 +157,7 @@ def parse_config(values: object, where: str = "config") -> WarmerConfig:
             raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
     settings = dict(values)
     settings["mounts"] = parse_mounts(settings.get("mounts", {}), where)
-    for key in ("interval_s", "timeout_s", "stall_timeout_s", "retry_s", "completed_ttl_s"):
+    for key in ("interval_s", "timeout_s", "stall_timeout_s", "retry_s", "completed_ttl_s", "rescan_interval_s"):
         if key in settings:
             settings[key] = float(settings[key])
     config = WarmerConfig(**settings)
@@ -149,8 +167,11 @@ def parse_config(values: object, where: str = "config") -> WarmerConfig:
             raise ConfigError(f"{where}: {key} must be an http URL, not {getattr(config, key)!r}")
     if config.max_parallel < 1 or config.max_cache_bytes < 0:
         raise ConfigError(f"{where}: max_parallel must be >= 1 and max_cache_bytes >= 0")
-    if min(config.interval_s, config.timeout_s, config.stall_timeout_s) <= 0 or config.retry_s < 0:
-        raise ConfigError(f"{where}: interval_s, timeout_s and stall_timeout_s must be > 0, retry_s >= 0")
+    positive = (config.interval_s, config.timeout_s, config.stall_timeout_s, config.rescan_interval_s)
+    if min(positive) <= 0 or config.retry_s < 0:
+        raise ConfigError(
+            f"{where}: interval_s, timeout_s, stall_timeout_s and rescan_interval_s must be > 0, retry_s >= 0"
+        )
     return config
 
 
@@ -362,6 +383,90 @@ class Prefetch:
 
 
 # --------------------------------------------------------------------------------------------------
+# Seeders: their health, and Plex's rescans when they publish
+
+SECTIONS_PATH = "/library/sections"
+STATUS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SeederState:
+    state: str  # ok | stalled | unreachable | unknown
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PlexLocation:
+    section: str  # the section's key
+    title: str
+    path: str
+
+
+def _sections_of_json(document: Any) -> list[PlexLocation]:
+    container = document.get("MediaContainer") if isinstance(document, dict) else None
+    found: list[PlexLocation] = []
+    for directory in _objects(container, "Directory"):
+        key, title = directory.get("key"), directory.get("title", "")
+        for location in _objects(directory, "Location"):
+            if isinstance(location.get("path"), str) and key is not None:
+                found.append(PlexLocation(str(key), str(title), location["path"]))
+    return found
+
+
+def _sections_of_xml(body: bytes) -> list[PlexLocation]:
+    root = ElementTree.fromstring(body)  # noqa: S314 - from the Plex server on this machine
+    found: list[PlexLocation] = []
+    for directory in root.iter("Directory"):
+        key = directory.get("key")
+        for location in directory.iter("Location"):
+            path = location.get("path")
+            if key is not None and path:
+                found.append(PlexLocation(key, directory.get("title", ""), path))
+    return found
+
+
+def parse_sections(body: bytes) -> list[PlexLocation]:
+    """Every folder of every Plex library (`GET /library/sections`), JSON or XML."""
+    try:
+        return _sections_of_xml(body) if body.lstrip()[:1] == b"<" else _sections_of_json(json.loads(body))
+    except (ValueError, ElementTree.ParseError) as error:
+        raise PlexUnavailableError(f"Plex sent an unreadable library list: {type(error).__name__}") from None
+
+
+def rescan_targets(folder: str, locations: Sequence[PlexLocation]) -> list[tuple[PlexLocation, str]]:
+    """(library folder, path to rescan) for each Plex folder inside the seeder's folder or holding it."""
+    folder = _clean(folder)
+    targets: list[tuple[PlexLocation, str]] = []
+    for location in locations:
+        path = _clean(location.path)
+        if path == folder or path.startswith(folder + "/"):
+            targets.append((location, path))
+        elif folder.startswith(path + "/"):
+            targets.append((location, folder))
+    return list(dict.fromkeys(targets))
+
+
+def read_fs_status(path: str) -> dict[str, SeederState]:
+    """Each seeder folder's state as the library file system last wrote it; empty when it wrote nothing."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    seeders = value.get("seeders") if isinstance(value, dict) else None
+    mount_point = value.get("mount_point") if isinstance(value, dict) else None
+    if not isinstance(seeders, dict) or not isinstance(mount_point, str):
+        return {}
+    states: dict[str, SeederState] = {}
+    for name, entry in seeders.items():
+        if isinstance(entry, dict):
+            states[_clean(posixpath.join(mount_point, str(name)))] = SeederState(
+                str(entry.get("state", "unknown")), str(entry.get("reason", ""))
+            )
+    return states
+
+
+# --------------------------------------------------------------------------------------------------
 # The poll loop
 
 
@@ -385,6 +490,11 @@ class Warmer:
         self._skip_logged: set[str] = set()
         self._cancelled: list[Prefetch] = []
         self._plex_failing = False
+        # Per seeder folder: its state as last seen, the root its name resolved to, and what the last rescan did.
+        self._states: dict[str, SeederState] = {}
+        self._seeders: dict[str, dict[str, Any]] = self._load_status()
+        self._next_rescan_check = 0.0
+        self._written = ""
 
     # ---- what tests and the log look at
 
@@ -431,6 +541,11 @@ class Warmer:
 
     def poll_once(self) -> None:
         self._reap()
+        self.check_health()
+        if self.clock() >= self._next_rescan_check:
+            self._next_rescan_check = self.clock() + self.config.rescan_interval_s
+            self.check_publications()
+        self.write_status()
         try:
             playing = self.playing()
         except PlexUnavailableError as error:
@@ -478,6 +593,12 @@ class Warmer:
     def _start_queued(self, now: float) -> None:
         while self._queue and len(self._active) < self.config.max_parallel:
             path = self._queue[0]
+            silent = self._silent_seeder(path)
+            if silent is not None:
+                self._queue.pop(0)
+                self._blocked[path] = now + self.config.retry_s
+                log.warning("not prefetching %s: seeder %s; retrying in %s s", path, silent, self.config.retry_s)
+                continue
             try:
                 size = self._room_for(path)
             except KuboUnavailableError as error:
@@ -520,6 +641,142 @@ class Warmer:
                 )
             return None
         return size
+
+    # ---- seeders: health and rescans
+
+    def seeder_health(self) -> dict[str, SeederState]:
+        """Each mounted seeder folder's state from the library file system; "unknown" when it says nothing."""
+        states = read_fs_status(self.config.fs_status_file)
+        return {local: states.get(local, SeederState("unknown")) for local, _ in self.config.mounts}
+
+    def check_health(self) -> None:
+        for local, state in self.seeder_health().items():
+            previous = self._states.get(local)
+            self._states[local] = state
+            entry = self._seeders.setdefault(posixpath.basename(local), {})
+            entry.update({"folder": local, "state": state.state, "reason": state.reason})
+            if previous is None or previous.state == state.state:
+                if previous is None and state.state in ("stalled", "unreachable"):
+                    log.warning("seeder folder %s is %s: %s", local, state.state, state.reason)
+                continue
+            if state.state == "ok":
+                log.info("seeder folder %s answers again (was %s)", local, previous.state)
+            else:
+                log.warning("seeder folder %s is %s: %s", local, state.state, state.reason)
+
+    def _silent_seeder(self, ipfs_path: str) -> str | None:
+        """ "<folder> is <state>" when the file's seeder is not answering, else None."""
+        for local, remote in self.config.mounts:
+            if ipfs_path == remote or ipfs_path.startswith(remote + "/"):
+                state = self._states.get(local)
+                if state is not None and state.state in ("stalled", "unreachable"):
+                    return f"{posixpath.basename(local)} is {state.state}"
+                return None
+        return None
+
+    def check_publications(self) -> None:
+        """Ask kubo where each seeder's name points; when it moved, ask Plex to rescan that seeder's folder."""
+        for local, remote in self.config.mounts:
+            if not remote.startswith("/ipns/"):
+                continue
+            entry = self._seeders.setdefault(posixpath.basename(local), {"folder": local})
+            try:
+                answer = self.client.call("name/resolve", [("arg", remote), ("recursive", "true")])
+            except (KuboError, KuboUnavailableError) as error:
+                entry["resolve_error"] = str(error)
+                log.info("cannot resolve %s (%s); asking again in %s s", remote, error, self.config.rescan_interval_s)
+                continue
+            root = answer.get("Path")
+            entry.pop("resolve_error", None)
+            if not isinstance(root, str) or not root or root == entry.get("root"):
+                continue
+            log.info("seeder folder %s now holds %s (was %s)", local, root, entry.get("root") or "not seen before")
+            try:
+                rescanned = self.rescan(local)
+            except PlexUnavailableError as error:
+                entry["rescan_error"] = str(error)
+                log.warning(
+                    "could not ask Plex to rescan %s (%s); asking again in %s s",
+                    local,
+                    error,
+                    self.config.rescan_interval_s,
+                )
+                continue
+            entry.update(
+                {"root": root, "root_seen_at": time.time(), "rescanned_at": time.time(), "rescanned": rescanned}
+            )
+            entry.pop("rescan_error", None)
+
+    def _plex_get(self, target: str) -> bytes:
+        token = read_token(self.config.plex_token_file)
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["X-Plex-Token"] = token
+        url = self.config.plex_url.rstrip("/") + target
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310 - the URL's scheme is checked in parse_config
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:  # noqa: S310
+                body: bytes = response.read()
+        except urllib.error.HTTPError as error:
+            raise PlexUnavailableError(f"Plex answered {urlsplit(url).path} with HTTP {error.code}") from None
+        except (OSError, http.client.HTTPException) as error:
+            reason = getattr(error, "reason", error)
+            raise PlexUnavailableError(redact(f"Plex at {url} is not answering: {reason}", token)) from None
+        return body
+
+    def rescan(self, folder: str) -> list[str]:
+        """Ask each Plex library holding the folder for a partial scan of it; what was asked, as log words."""
+        targets = rescan_targets(folder, parse_sections(self._plex_get(SECTIONS_PATH)))
+        if not targets:
+            log.warning("no Plex library holds %s: add it as a library folder in Plex to see this seeder", folder)
+            return []
+        asked: list[str] = []
+        for location, path in targets:
+            self._plex_get(f"{SECTIONS_PATH}/{quote(location.section, safe='')}/refresh?{urlencode({'path': path})}")
+            asked.append(f"{location.title or location.section} ({location.section}): {path}")
+            log.info("asked Plex to rescan %s in library %s (%s)", path, location.title, location.section)
+        return asked
+
+    # ---- the status file
+
+    def _load_status(self) -> dict[str, dict[str, Any]]:
+        """What the last run wrote: the roots already rescanned are not rescanned again after a restart."""
+        if not self.config.status_file:
+            return {}
+        try:
+            with open(self.config.status_file, encoding="utf-8") as handle:
+                value = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        seeders = value.get("seeders") if isinstance(value, dict) else None
+        return {str(k): dict(v) for k, v in seeders.items() if isinstance(v, dict)} if isinstance(seeders, dict) else {}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": STATUS_VERSION,
+            "plex_answering": not self._plex_failing,
+            "prefetching": sorted(self._active),
+            "seeders": {name: dict(entry) for name, entry in sorted(self._seeders.items())},
+        }
+
+    def write_status(self) -> None:
+        if not self.config.status_file:
+            return
+        current = json.dumps(self.status(), sort_keys=True)
+        if current == self._written:
+            return
+        document = dict(self.status(), written_at=time.time())
+        directory = posixpath.dirname(self.config.status_file) or "."
+        temporary = posixpath.join(directory, f".{posixpath.basename(self.config.status_file)}.tmp")
+        try:
+            with open(temporary, "w", encoding="utf-8") as out:
+                json.dump(document, out, indent=1, sort_keys=True)
+                out.write("\n")
+            os.replace(temporary, self.config.status_file)
+        except OSError as error:
+            log.error("cannot write %s: %s", self.config.status_file, error.strerror)
+            return
+        self._written = current
 
     # ---- the service
 

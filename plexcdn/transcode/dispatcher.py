@@ -61,6 +61,12 @@ TOKEN_IN_TEXT = re.compile(
 )
 # ssh binds "<ControlPath>.<16 random chars>" before renaming it; a sun_path holds 108 bytes.
 MAX_CONTROL_PATH = 108 - 18
+# Plex's FFmpeg hands these codecs to EasyAudioEncoder (libavcodec/eae.c in Plex's published FFmpeg source:
+# decoders ac3_eae, eac3_eae, truehd_eae, mlp_eae; encoders ac3_eae, eac3_eae), through files in a watch folder
+# (EAE_ROOT, /tmp/pms-<uuid>/EasyAudioEncoder) that only the Plex server's own EAE process serves.
+EAE_CODEC = re.compile(r"[a-z0-9]+_eae")
+CODEC_OPTION = re.compile(r"-(?:c|codec|acodec)(?::\S*)?")
+EAE_OPTION = re.compile(r"-eae_(?:prefix|root)(?::\S*)?")
 
 
 class ConfigError(ValueError):
@@ -301,6 +307,34 @@ class DecisionLog:
 
 def describe_command(program: str, args: Sequence[str]) -> str:
     return shlex.join([program, *args])
+
+
+def easy_audio_encoder_use(args: Sequence[str]) -> list[str]:
+    """The options by which these transcoder arguments call on Plex's EasyAudioEncoder; empty when they do not.
+
+    Only option words and their values count, never an input or output path that happens to hold "eae".
+    """
+    found: list[str] = []
+    for index, word in enumerate(args[:-1]):
+        value = args[index + 1]
+        if CODEC_OPTION.fullmatch(word) and EAE_CODEC.fullmatch(value):
+            found.append(f"{word} {value}")
+        elif EAE_OPTION.fullmatch(word):
+            found.append(word)
+    return found
+
+
+def easy_audio_encoder_reason(args: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """Why this transcode must stay beside Plex Media Server, or None when nothing ties it there."""
+    use = easy_audio_encoder_use(args)
+    if not use:
+        return None
+    root = environ.get("EAE_ROOT", "")
+    where = f" in {root}" if root else ""
+    return (
+        f"it needs Plex's EasyAudioEncoder ({', '.join(use)}), which runs only beside Plex Media Server on this "
+        f"machine and answers through its watch folder{where}, not on a slave"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -923,6 +957,9 @@ def dispatch(args: Sequence[str], environ: Mapping[str, str] | None = None) -> i
     log = DecisionLog(config.log_path, secrets_in(environ, args))
     state = HostState(config.state_dir)
     log.info(f"transcode requested: {describe_command(TRANSCODER_NAME, args)}")
+    eae_reason = easy_audio_encoder_reason(args, environ)
+    if eae_reason is not None:
+        return _go_local(config, state, log, args, eae_reason)
     try:
         choice = _choose(config, state, log)
     except Exception as error:  # whatever broke, Plex still gets its transcode

@@ -285,3 +285,33 @@ def test_the_transcoder_on_a_slave_reaches_plex_at_its_own_loopback(lab: Transco
     assert TOKEN not in lab.origin_log_text()
     assert TOKEN not in lab.slave("slave1").guard_log.read_text(encoding="utf-8")
     assert "X-Plex-Token=<redacted>" in lab.origin_log_text()
+
+
+RECORDED_ARGS = Path(__file__).parent.parent / "fixtures" / "transcoder-args"
+
+
+@pytest.mark.parametrize("fixture", sorted(path.name for path in RECORDED_ARGS.glob("*.json")))
+def test_recorded_plex_arguments_go_where_they_can_run(lab: TranscodeLab, fixture: str) -> None:
+    """Plex's own argument lists, as recorded: those that need EasyAudioEncoder stay on the origin, the rest go out.
+
+    ffmpeg stands in for Plex's transcoder and refuses Plex's own options, so each run fails the same way
+    wherever it runs: the exit status and message must match a direct run, and the logs must say where it ran.
+    """
+    case = json.loads((RECORDED_ARGS / fixture).read_text(encoding="utf-8"))
+    out = lab.output_dir("recorded")
+    env = lab_environment(TOKEN)
+    env["EAE_ROOT"] = "/tmp/pms-0c5e-lab/EasyAudioEncoder"
+    direct = lab.dispatch(case["argv"], cwd=out, env=env, program=lab.real_transcoder)
+    dispatched = lab.dispatch(case["argv"], cwd=out, env=env)
+    assert dispatched.exit_code == direct.exit_code != 0
+    assert dispatched.stderr == direct.stderr
+    log = lab.origin_log_text()
+    remote_runs = runs_on(lab, "slave1") + runs_on(lab, "slave2")
+    if case["easy_audio_encoder"]:
+        assert remote_runs == 0
+        assert f"transcoding locally (it needs Plex's EasyAudioEncoder ({', '.join(case['easy_audio_encoder'])})" in log
+        assert "chose slave" not in log
+    else:
+        assert remote_runs == 1
+        assert "chose slave" in log and "transcoding locally" not in log
+    assert TOKEN not in log

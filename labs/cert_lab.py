@@ -702,6 +702,21 @@ def _socket_in_namespace(namespace: str) -> socket.socket:
 # --- the lab ---------------------------------------------------------------------------------------------
 
 
+# systemd substitutes $NAME and ${NAME} in an Exec line's words itself, quoted or not; $$ is a literal $.
+_SYSTEMD_VARIABLE: Final = re.compile(r"\$(?:\{|[A-Za-z_])")
+
+
+def systemd_exec_argv(line: str) -> list[str]:
+    """An Exec line's arguments as systemd hands them to the program. A `$NAME` left for a shell (not written
+    `$$NAME`) would be replaced by systemd with the unit's environment, or with nothing: refused."""
+    argv = []
+    for word in shlex.split(line):
+        if _SYSTEMD_VARIABLE.search(word.replace("$$", "")):
+            raise LabError(f"systemd would substitute the variables in {word!r} itself: write $$ for the shell's $")
+        argv.append(word.replace("$$", "$"))
+    return argv
+
+
 @dataclass
 class CertLab:
     """One POP's certificate life against Pebble and moto, its files under `root` (the render prefix).
@@ -972,12 +987,9 @@ class CertLab:
     def renewal_command(self, force: bool, pop: str | None = None) -> tuple[list[str], dict[str, str]]:
         """The renewal service's ExecStart and environment, as systemd would run it for the lab."""
         service = unit_settings(self.path(RENEW_SERVICE_PATH, pop).read_text(), "Service")
-        argv = shlex.split(service["ExecStart"])
+        argv = systemd_exec_argv(service["ExecStart"])
         if argv[:2] != ["/bin/sh", "-c"] or len(argv) != 3:
             raise LabError(f"the renewal service's ExecStart is not `/bin/sh -c '...'`: {service['ExecStart']}")
-        # certbot sleeps up to 8 minutes before a renewal when stdin is not a terminal; the POP's timer
-        # already spreads renewals (RandomizedDelaySec), and the lab cannot wait.
-        argv[2] += " --no-random-sleep-on-renew"
         if force:
             argv[2] += " --force-renewal"
         env = self.script_environment(pop)

@@ -221,3 +221,26 @@ def test_the_program_runs_on_its_own_as_the_hub_runs_it(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "resolves to" in result.stdout
     assert origin_resolver.has_addresses(servers.read_text())
+
+
+def test_every_units_exec_lines_leave_the_shells_variables_to_the_shell() -> None:
+    """systemd replaces $NAME in Exec lines itself, inside quotes too: a renewal service written with the
+    shell's $CERTBOT ran `sh -c` with nothing, and certificates never renewed."""
+    from labs.cert_lab import systemd_exec_argv
+
+    config = config_from(example_values())
+    units = {
+        path: text for path, text in render.certbot_files(config, "us").items() if path.endswith((".service", ".timer"))
+    }
+    units.update(render.pop_release(config, "us").units)
+    assert "/etc/systemd/system/plexcdn-certbot-renew.service" in units
+    for text in units.values():
+        for line in text.splitlines():
+            if line.startswith("Exec"):
+                systemd_exec_argv(line.split("=", 1)[1])
+    renew = units["/etc/systemd/system/plexcdn-certbot-renew.service"]
+    command = systemd_exec_argv(
+        next(line for line in renew.splitlines() if line.startswith("ExecStart=")).split("=", 1)[1]
+    )
+    assert command[:2] == ["/bin/sh", "-c"] and command[2].startswith("$CERTBOT renew ")
+    assert "--no-random-sleep-on-renew" in command[2], "the timer spreads renewals; an operator's start returns"

@@ -94,6 +94,7 @@ class OriginLink(pulumi.ComponentResource):
             f"{name}-hub-tunnel",
             connection=hub.connection,
             create=render.deploy_wireguard_script(),
+            delete=render.remove_wireguard_script(),
             stdin=hub_conf,
             logging=command.remote.Logging.NONE,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[hub.ready]),

@@ -497,6 +497,10 @@ def deploy_wireguard_script() -> str:
     return render_template("deploy/deploy-wireguard.sh.j2", interface=WIREGUARD_INTERFACE)
 
 
+def remove_wireguard_script() -> str:
+    return render_template("deploy/remove-wireguard.sh.j2", interface=WIREGUARD_INTERFACE)
+
+
 def render_stack(
     config: StackConfig, out_dir: Path, prefix: str = "", addresses: Mapping[str, str] | None = None
 ) -> list[Path]:

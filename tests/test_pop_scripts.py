@@ -34,6 +34,9 @@ def pop_scripts(config: StackConfig) -> dict[str, str]:
             config, pop.name, "AKIAEXAMPLE"
         )
         scripts[f"{pop.name}-boot-wait"] = "#!/bin/sh\n" + render.wait_for_first_boot_script(config, pop.name)
+    if config.origin.link == "wireguard":
+        scripts["hub-tunnel"] = "#!/bin/sh\n" + render.deploy_wireguard_script()
+        scripts["hub-tunnel-delete"] = "#!/bin/sh\n" + render.remove_wireguard_script()
     return scripts
 
 
@@ -221,6 +224,14 @@ def test_the_program_runs_on_its_own_as_the_hub_runs_it(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "resolves to" in result.stdout
     assert origin_resolver.has_addresses(servers.read_text())
+
+
+def test_the_hub_tunnel_installs_its_tools_when_missing_and_comes_down_on_delete() -> None:
+    deploy = render.deploy_wireguard_script()
+    assert "command -v wg-quick" in deploy and "install --no-install-recommends wireguard-tools" in deploy
+    remove = render.remove_wireguard_script()
+    assert f"systemctl disable --now wg-quick@{render.WIREGUARD_INTERFACE}" in remove
+    assert f"rm -f /etc/wireguard/{render.WIREGUARD_INTERFACE}.conf" in remove
 
 
 def test_every_units_exec_lines_leave_the_shells_variables_to_the_shell() -> None:

@@ -296,6 +296,7 @@ def test_wireguard_link_keeps_keys_secret_and_outputs_the_home_config(tmp_path: 
     tunnel = monitor.named("origin-hub-tunnel")
     assert "stdin" in tunnel.secret_inputs
     assert tunnel.inputs["logging"] == "none"
+    assert "systemctl disable --now wg-quick@" in tunnel.inputs["delete"], "leaving WireGuard takes the tunnel down"
     assert resolved["home_config_secret"] is True
     assert resolved["allow_list"] == [str(config.origin.hub_tunnel_address)]
     firewall = {rule.get("portRange"): rule for rule in monitor.named("us-firewall").inputs["inboundRules"]}

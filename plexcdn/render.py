@@ -343,9 +343,36 @@ def pop_release(
     return PopRelease(identity, nginx, programs, units)
 
 
+# Every file a release may put beside nginx.conf besides its templates: those this release lacks are an earlier
+# release's (of another origin link), and the deploy removes them.
+OPTIONAL_NGINX_FILES: Final = (
+    PEER_CA_FILE,
+    PEER_CLIENT_CERT_FILE,
+    PEER_CLIENT_KEY_FILE,
+    PEER_SERVER_CERT_FILE,
+    PEER_SERVER_KEY_FILE,
+    ORIGIN_CA_FILE,
+    ORIGIN_CLIENT_CERT_FILE,
+    ORIGIN_CLIENT_KEY_FILE,
+    ORIGIN_SERVERS_FILE,
+)
+
+
+def retired_nginx_files(config: StackConfig, pop_name: str, release: PopRelease) -> list[str]:
+    kept = set(release.nginx) | set(secret_files(config, pop_name))
+    if origin_resolved_port(config, pop_name) is not None:
+        kept.add(ORIGIN_SERVERS_FILE)
+    return [name for name in OPTIONAL_NGINX_FILES if name not in kept]
+
+
 def deploy_nginx_script(config: StackConfig, pop_name: str, release: PopRelease) -> str:
-    """The command that installs a release; it reads the POP's private keys from stdin as JSON."""
+    """The command that installs a release; it reads the POP's private keys from stdin as JSON. What an
+    earlier release installed and this one does not (after a change of origin link) goes."""
     resolved = origin_resolved_port(config, pop_name)
+    # Timers before the services they start.
+    retired_units = sorted(
+        (u for u in ORIGIN_RESOLVER_UNITS if u not in release.units), key=lambda u: not u.endswith(".timer")
+    )
     return render_template(
         "deploy/deploy-nginx.sh.j2",
         pop_name=config.pop_name(pop_name),
@@ -363,6 +390,9 @@ def deploy_nginx_script(config: StackConfig, pop_name: str, release: PopRelease)
         ),
         release_url=f"http://127.0.0.1{RELEASE_PATH}",
         release_wait_seconds=RELEASE_WAIT_SECONDS,
+        retired_files=retired_nginx_files(config, pop_name, release),
+        retired_units=retired_units,
+        retired_programs=[] if release.programs else [ORIGIN_RESOLVER_PROGRAM],
     )
 
 

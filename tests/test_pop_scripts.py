@@ -226,6 +226,25 @@ def test_the_program_runs_on_its_own_as_the_hub_runs_it(tmp_path: Path) -> None:
     assert origin_resolver.has_addresses(servers.read_text())
 
 
+def test_a_deploy_retires_what_a_release_of_another_origin_link_installed() -> None:
+    """Switching the origin link in place: a release without the resolver stops and removes the resolver an
+    earlier release enabled, and removes another link's certificates and keys before nginx -t."""
+    wireguard = config_from(wireguard_values())
+    script = render.deploy_nginx_script(wireguard, "us", render.pop_release(wireguard, "us"))
+    assert "for unit in plexcdn-origin-resolve.timer plexcdn-origin-resolve.service; do" in script
+    assert f"rm -f /usr/local/sbin/{render.ORIGIN_RESOLVER_PROGRAM}" in script
+    removed = next(line for line in script.splitlines() if line.startswith("rm -f /etc/nginx/")).split()[2:]
+    assert f"/etc/nginx/{render.ORIGIN_SERVERS_FILE}" in removed
+    assert f"/etc/nginx/{render.ORIGIN_CLIENT_KEY_FILE}" in removed
+    assert f"/etc/nginx/{render.PEER_SERVER_KEY_FILE}" not in removed, "the hub's own peer key stays"
+    assert script.index("rm -f /etc/nginx/") < script.index("nginx -t -q"), "nginx -t runs without them"
+    public = config_from(example_values())
+    kept = render.deploy_nginx_script(public, "us", render.pop_release(public, "us"))
+    assert "plexcdn-origin-resolve.timer plexcdn-origin-resolve.service" not in kept
+    removed = next(line for line in kept.splitlines() if line.startswith("rm -f /etc/nginx/")).split()[2:]
+    assert f"/etc/nginx/{render.ORIGIN_SERVERS_FILE}" not in removed, "a hub that follows the name keeps its servers"
+
+
 def test_the_hub_tunnel_installs_its_tools_when_missing_and_comes_down_on_delete() -> None:
     deploy = render.deploy_wireguard_script()
     assert "command -v wg-quick" in deploy and "install --no-install-recommends wireguard-tools" in deploy

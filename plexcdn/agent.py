@@ -21,6 +21,9 @@ AGENT_DIR: Final = "/etc/plex-cdn/agent"
 CONF_PATH: Final = "/etc/nginx/conf.d/plexcdn-agent.conf"
 SYSCTL_PATH: Final = "/etc/sysctl.d/90-plexcdn-agent.conf"
 FIREWALL_PATH: Final = "/etc/plex-cdn/agent-firewall.nft"
+# Loads FIREWALL_PATH at every boot: `nft -f` alone lasts until the next one.
+FIREWALL_UNIT: Final = "plexcdn-agent-firewall.service"
+FIREWALL_UNIT_PATH: Final = f"/etc/systemd/system/{FIREWALL_UNIT}"
 
 
 def require_agent(config: StackConfig) -> OriginAgent:
@@ -62,6 +65,14 @@ def firewall_rules(config: StackConfig, hub_addresses: Sequence[str]) -> str:
     )
 
 
+def firewall_unit(config: StackConfig) -> str:
+    return render_template(
+        "agent/plexcdn-agent-firewall.service.j2",
+        listen_port=require_agent(config).listen_port,
+        firewall_path=FIREWALL_PATH,
+    )
+
+
 @dataclass(frozen=True)
 class AgentCertificates:
     server_cert_pem: str
@@ -83,6 +94,7 @@ def install_script(config: StackConfig, certificates: AgentCertificates, hub_add
         "nginx": nginx_conf(config),
         "sysctl": sysctl_conf(),
         "firewall": firewall_rules(config, hub_addresses),
+        "firewall_unit": firewall_unit(config),
         "cert": certificates.server_cert_pem,
         "ca": certificates.origin_ca_pem,
     }
@@ -93,11 +105,14 @@ def install_script(config: StackConfig, certificates: AgentCertificates, hub_add
         conf_path=CONF_PATH,
         sysctl_path=SYSCTL_PATH,
         firewall_path=FIREWALL_PATH,
+        firewall_unit=FIREWALL_UNIT,
+        firewall_unit_path=FIREWALL_UNIT_PATH,
         listen_port=agent.listen_port,
         apply_firewall=agent.apply_firewall,
         nginx_conf_b64=_b64(files["nginx"]),
         sysctl_b64=_b64(files["sysctl"]),
         firewall_b64=_b64(files["firewall"]),
+        firewall_unit_b64=_b64(files["firewall_unit"]),
         server_cert_b64=_b64(files["cert"]),
         origin_ca_b64=_b64(files["ca"]),
     )
@@ -109,5 +124,7 @@ def uninstall_script() -> str:
         conf_path=CONF_PATH,
         sysctl_path=SYSCTL_PATH,
         firewall_path=FIREWALL_PATH,
+        firewall_unit=FIREWALL_UNIT,
+        firewall_unit_path=FIREWALL_UNIT_PATH,
         agent_dir=AGENT_DIR,
     )

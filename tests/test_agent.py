@@ -74,3 +74,60 @@ def test_firewall_rules_parse_with_nft(tmp_path: Path) -> None:
     path.write_text(agent.firewall_rules(agent_config(), ["198.51.100.7", "2001:db8::7"]))
     result = subprocess.run(["nft", "--check", "-f", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="needs shellcheck")
+def test_install_and_uninstall_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    paths = []
+    for apply_firewall in (False, True):
+        script = agent.install_script(agent_config(applyFirewall=apply_firewall), agent.AgentCertificates("C", "A"), [])
+        paths.append(tmp_path / f"install-{apply_firewall}.sh")
+        paths[-1].write_text("#!/bin/sh\n" + script)
+    paths.append(tmp_path / "uninstall.sh")
+    paths[-1].write_text("#!/bin/sh\n" + agent.uninstall_script())
+    result = subprocess.run(["shellcheck", "--shell=sh", *map(str, paths)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_firewall_is_loaded_at_every_boot_by_a_unit_of_its_own(tmp_path: Path) -> None:
+    config = agent_config(applyFirewall=True)
+    unit = agent.firewall_unit(config)
+    assert f"ExecStart=/usr/sbin/nft -f {agent.FIREWALL_PATH}" in unit
+    assert "Before=network-pre.target" in unit and "WantedBy=sysinit.target" in unit
+    script = agent.install_script(config, agent.AgentCertificates("CERT", "CA"), ["198.51.100.7"])
+    assert f"systemctl enable {agent.FIREWALL_UNIT}" in script
+    # The rules replace the table as a whole, so loading them again (an update, the unit) never stacks rules.
+    rules = agent.firewall_rules(config, ["198.51.100.7"]).splitlines()
+    assert rules.index("delete table inet plexcdn_agent") < rules.index("table inet plexcdn_agent {")
+    if shutil.which("systemd-analyze") is not None:
+        path = tmp_path / agent.FIREWALL_UNIT
+        path.write_text(unit)
+        verified = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True, check=False
+        )
+        assert verified.returncode == 0, verified.stderr
+    # Turning the firewall off takes the unit and the table away again.
+    without = agent.install_script(agent_config(applyFirewall=False), agent.AgentCertificates("CERT", "CA"), [])
+    assert (
+        f"systemctl disable --now {agent.FIREWALL_UNIT}" in without and "nft delete table inet plexcdn_agent" in without
+    )
+
+
+def test_uninstall_undoes_everything_install_did() -> None:
+    install = agent.install_script(agent_config(applyFirewall=True), agent.AgentCertificates("CERT", "CA"), [])
+    uninstall = agent.uninstall_script()
+    # Packages: only those the agent installed, recorded at install, purged by dpkg (which keeps what others need).
+    assert f">> {agent.AGENT_DIR}/installed-packages" in install
+    assert "dpkg --purge $packages" in uninstall and "apt-get" not in uninstall
+    # An nginx the agent installed serves the agent alone.
+    assert "rm -f /etc/nginx/sites-enabled/default" in install
+    # The TCP settings go back to what they were.
+    assert f"> {agent.AGENT_DIR}/sysctl-before.conf" in install
+    assert f"sysctl -q -p {agent.AGENT_DIR}/sysctl-before.conf" in uninstall
+    for path in (agent.CONF_PATH, agent.SYSCTL_PATH, agent.FIREWALL_PATH, agent.FIREWALL_UNIT_PATH):
+        assert path in uninstall
+    assert "/var/log/nginx/plexcdn-agent.access.log*" in uninstall
+    assert f"rm -rf {agent.AGENT_DIR}" in uninstall and "rmdir /etc/plex-cdn" in uninstall
+    # The server key is read before anything else can take stdin (apt's and dpkg's scripts get /dev/null).
+    assert install.index(f"cat > {agent.AGENT_DIR}/server.key") < install.index("apt-get")
+    assert all("</dev/null" in line for line in install.splitlines() if "apt-get" in line and "install" in line)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -35,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -62,6 +63,9 @@ from labs.remote_steps import (
     StepRunner,
 )
 from plexcdn.config import StackConfig, load_stack_file
+
+if TYPE_CHECKING:
+    from labs.stack_engine import MadeResource
 
 PREFIX: Final = "pcv-"
 LAB_ROLE: Final = "lab"
@@ -712,6 +716,8 @@ class LabPlan:
     vms: tuple[VmRequest, ...]
     steps: tuple[Step, ...] = ()
     records: tuple[dict[str, Any], ...] = ()  # Route53 record sets, made once the steps they wait for ran
+    # The stack's outputs the user acts on, by their export names (homeWireguardConfig, ...), secrets plain.
+    outputs: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 # Makes the plan once the lab's services run (moto holds the zone and can issue real IAM keys by then).
@@ -780,12 +786,21 @@ def plan_from_file(path: Path) -> PlanMaker:
 
 
 def stack_plan(
-    lab: BootLab, config: StackConfig, build_dir: Path | None = None, first_index: int | None = None
+    lab: BootLab,
+    config: StackConfig,
+    *,
+    build_dir: Path | None = None,
+    first_index: int | None = None,
+    state: dict[str, MadeResource] | None = None,
+    home_ssh_key: str | None = None,
 ) -> LabPlan:
     """The stack's whole graph, as `pulumi up` would make it: the program run under labs.stack_engine with
     moto's IAM and Route53 (the lab's), each VM at its lab address, then each VM's exact user_data and the
     pulumi-command steps in the order an engine could run them. The build directory (the releases the
-    copy steps send) is under the lab's state."""
+    copy steps send) is under the lab's state. `state` is what an earlier run of the same stack made (kept
+    where inputs did not change, and updated in place); `home_ssh_key` is `plex-cdn:homeSshKey`."""
+    import pulumi
+
     from components.stack import build_stack
     from labs import stack_engine
 
@@ -798,13 +813,72 @@ def stack_plan(
         lab.moto.client("iam"),
         lab.moto.client("route53"),
         lambda resource: stack_engine.VmAddress(addresses[resource.removesuffix("-vm")]),
+        state,
     )
     build_dir = build_dir or lab.state_dir / "build" / config.stack
-    monitor = stack_engine.run_program(engine, config.stack, lambda: build_stack(config, build_dir))
+
+    outputs: dict[str, Any] = {}
+
+    def program() -> None:
+        key = pulumi.Output.secret(home_ssh_key) if home_ssh_key is not None else None
+        stack = build_stack(config, build_dir, key)
+        exported = {
+            "originAllowList": stack.origin_allow_list,
+            "homeWireguardConfig": stack.home_wireguard_config,
+            "originAgentFirewallRules": stack.agent_firewall_rules,
+        }
+        for export, value in exported.items():
+            if value is not None:
+                value.apply(functools.partial(outputs.__setitem__, export))
+
+    monitor = stack_engine.run_program(engine, config.stack, program)
     planned = stack_engine.plan(monitor, Path.cwd())
     vms = tuple(VmRequest(vm.resource.removesuffix("-vm"), vm.user_data, hostname=vm.label) for vm in planned.vms)
     ordered = sorted(vms, key=lambda vm: list(addresses).index(vm.name))
-    return LabPlan(tuple(ordered), planned.steps, planned.records)
+    return LabPlan(tuple(ordered), planned.steps, planned.records, outputs)
+
+
+@dataclass
+class LabStack:
+    """One stack across `pulumi up`s: the engine's state (its keys, certificates, VMs) and the steps as last
+    applied, so that running the program again with a changed config changes the running guests in place,
+    as `pulumi up` of the same stack would, and `destroy()` runs what `pulumi destroy` would on them."""
+
+    lab: BootLab
+    config: StackConfig
+    first_index: int = 0
+    home_ssh_key: str | None = field(default=None, repr=False)
+    build_dir: Path | None = None
+    state: dict[str, MadeResource] = field(default_factory=dict, repr=False)
+    deployment: Deployment | None = None
+    outputs: Mapping[str, Any] = field(default_factory=dict, repr=False)  # of the last successful `up`
+
+    def plan(self, config: StackConfig | None = None) -> LabPlan:
+        return stack_plan(
+            self.lab,
+            config or self.config,
+            build_dir=self.build_dir,
+            first_index=self.first_index,
+            state=self.state,
+            home_ssh_key=self.home_ssh_key,
+        )
+
+    def up(self, config: StackConfig, runner: StepRunner | None = None) -> Deployment:
+        """`pulumi up` with `config`: the changed steps run against the running guests. On a failing step
+        the stack keeps its previous config and deployment (the next `up` runs the changed steps again)."""
+        plan = self.plan(config)
+        deployment = (runner or self.lab.step_runner()).apply(plan.steps, self.deployment)
+        self.lab.apply_records(plan.records)
+        self.config, self.deployment, self.outputs = config, deployment, plan.outputs
+        return deployment
+
+    def destroy(self, runner: StepRunner | None = None) -> StepRunner:
+        """`pulumi destroy`'s commands: every delete, dependents first. Returns the runner (its `records`)."""
+        runner = runner or self.lab.step_runner()
+        if self.deployment is not None:
+            runner.destroy(self.deployment)
+        self.deployment = None
+        return runner
 
 
 def _origin_names(config: StackConfig) -> list[str]:

@@ -725,10 +725,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+# Linux's IP_FREEBIND (linux/in.h); Python names it only on some versions.
+IP_FREEBIND: Final = getattr(socket, "IP_FREEBIND", 15)
+
+
+def _listening_socket(host: str, port: int, free_bind: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if free_bind:
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
     sock.bind((host, port))
     sock.listen(512)
     sock.setblocking(False)
@@ -741,14 +747,15 @@ def base_url(host: str, port: int, tls: bool) -> str:
 
 
 async def start_origin(
-    settings: OriginSettings, host: str, port: int, tls: ssl.SSLContext | None = None
+    settings: OriginSettings, host: str, port: int, tls: ssl.SSLContext | None = None, *, free_bind: bool = False
 ) -> tuple[web.AppRunner, web.Application, int]:
     """Start serving on the running loop; returns the runner (await `runner.cleanup()` to stop), the app
-    and the bound port."""
+    and the bound port. `free_bind`: listen on an address the host does not have yet (a tunnel's, before
+    the tunnel is up), as a server bound to every address would answer there once it is."""
     app = build_app(settings)
     runner = web.AppRunner(app, access_log_class=RedactingAccessLogger, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    sock = _listening_socket(host, port)
+    sock = _listening_socket(host, port, free_bind)
     try:
         await web.SockSite(runner, sock, ssl_context=tls).start()
     except BaseException:
@@ -856,6 +863,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stats-file", type=Path, help="counters as JSON, rewritten within 0.1 s of a change")
     parser.add_argument("--ready-file", type=Path, help="written with the bound address once serving")
     parser.add_argument("--quiet", action="store_true", help="no access log")
+    parser.add_argument("--free-bind", action="store_true", help="listen even before ADDR exists on the host")
     arguments = parser.parse_args(argv)
     if (arguments.tls_cert is None) != (arguments.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
@@ -877,7 +885,7 @@ async def _serve_until_signalled(arguments: argparse.Namespace) -> None:
         stats_file=arguments.stats_file,
     )
     tls = server_tls_context(arguments.tls_cert, arguments.tls_key) if arguments.tls_cert is not None else None
-    runner, _, port = await start_origin(settings, arguments.host, arguments.port, tls)
+    runner, _, port = await start_origin(settings, arguments.host, arguments.port, tls, free_bind=arguments.free_bind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -21,7 +21,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from labs import boot_lab, boot_lab_services, guest_environment, guest_image, guests, package_cache, remote_steps
+from labs import (
+    boot_lab,
+    boot_lab_services,
+    guest_environment,
+    guest_image,
+    guests,
+    package_cache,
+    plex_host,
+    plex_standin,
+    remote_steps,
+)
 from labs.__main__ import build_parser
 from labs.lab_ca import LabCA
 from labs.netns import LabError
@@ -655,3 +665,63 @@ def test_the_command_line_knows_the_vms_commands() -> None:
     assert (up.stack_file, up.plan) == ("Pulumi.dev.yaml", "plan.json")
     assert parser.parse_args(["lab", "vms", "down"]).handler.__name__ == "_vms_down"
     assert parser.parse_args(["lab", "vms", "logs"]).handler.__name__ == "_vms_logs"
+
+
+# --- the Plex host guest -----------------------------------------------------------------------------------
+
+
+def test_the_plex_hosts_user_data_passes_cloud_init_schema_and_runs_a_stand_in_per_origin_mode(
+    tmp_path: Path,
+) -> None:
+    ca = LabCA.create(tmp_path / "ca", "plex host test CA")
+    issued = ca.issue(["home.example.net"], tmp_path / "tls", "home")
+    user_data = plex_host.user_data(
+        lan_address="198.18.80.13",
+        tunnel_address="10.77.0.2",
+        home_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHomeKey you@home",
+        tls_fullchain=issued.fullchain.read_bytes(),
+        tls_key=issued.privkey.read_bytes(),
+        media_bytes=1024,
+    )
+    path = tmp_path / "user-data"
+    path.write_bytes(user_data)
+    checked = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    document = yaml.safe_load(user_data)
+    units = {entry["path"].rsplit("/", 1)[-1]: entry["content"] for entry in document["write_files"]}
+    assert (
+        "--listen 198.18.80.13:32400" in units["plex-standin-lan.service"]
+        and "--tls-cert" in units["plex-standin-lan.service"]
+    )
+    assert "--listen 127.0.0.1:32400" in units["plex-standin-loopback.service"]
+    assert (
+        "--free-bind" in units["plex-standin-tunnel.service"]
+        and "10.77.0.2:32400" in units["plex-standin-tunnel.service"]
+    )
+    # plex_standin.py runs on its own there: nothing of labs or plexcdn to import.
+    standin = Path(plex_standin.__file__ or "").read_text()
+    assert "from labs" not in standin and "from plexcdn" not in standin
+    assert set(plex_host.PACKAGES) <= set(document["packages"])
+
+
+def test_snapshots_compare_section_by_section() -> None:
+    text = "\n".join(f"## {section}\n{section}-line" for section in plex_host.SECTIONS)
+    before = plex_host.parse_snapshot(text)
+    after = plex_host.parse_snapshot(text.replace("listening-line", "tcp  0.0.0.0:32443"))
+    assert plex_host.compare(before, before) == []
+    (difference,) = plex_host.compare(before, after)
+    assert (difference.section, difference.gone, difference.added) == (
+        "listening",
+        ("listening-line",),
+        ("tcp 0.0.0.0:32443",),
+    )
+    with pytest.raises(ValueError, match="no section"):
+        plex_host.parse_snapshot("## files\n/etc d 755 root:root\n")
+
+
+def test_a_stand_in_listens_on_an_address_the_host_does_not_have_yet_only_when_asked() -> None:
+    with pytest.raises(OSError):
+        plex_standin._listening_socket("198.18.99.77", 0).close()
+    plex_standin._listening_socket("198.18.99.77", 0, free_bind=True).close()

@@ -1,9 +1,8 @@
 """The example stack's POPs as real Debian 13 guests: the program's own user_data, then its own deploy steps.
 
-The whole graph of Pulumi.dev.yaml runs under labs.stack_engine (real keys, certificates and IAM keys), so
-each guest boots the exact user_data the program hands the provider and takes the exact steps it hands
-pulumi-command. A third guest, of a one-POP stack whose ACME server cannot be reached, boots beside them.
-All three boot once for the module. The Plex origin's name does not resolve when the hubs deploy; it is
+The guests are the session's (`pops` in tests/lab/conftest.py, shared with
+tests/lab/test_boot_pops_lifecycle.py): the example stack's hub and edge, and the hub of a one-POP stack
+whose ACME server cannot be reached. The Plex origin's name does not resolve when the hubs deploy; it is
 added to the lab DNS afterwards.
 
 Needs root, QEMU and mmdebstrap, and the network for the package cache. Run under the lab lock:
@@ -13,36 +12,19 @@ Needs root, QEMU and mmdebstrap, and the network for the package cache. Run unde
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
 
-from labs import boot_lab, package_cache
 from labs import guest_environment as env
-from labs.boot_lab import BootLab, LabPlan
-from labs.guests import Guest, qemu_missing
+from labs import package_cache
+from labs.guests import qemu_missing
 from labs.netns import lab_unavailable_reason
 from labs.plex_standin import MEDIA_PATH, WEBSOCKET_PATH
-from labs.remote_steps import Deployment, StepError
 from plexcdn import render
-from plexcdn.config import StackConfig, load_stack_file
-from tests.conftest import config_from, example_values
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_STACK = ROOT / "Pulumi.dev.yaml"
-PREFIX = "pcvp-"
-# The hub of a stack whose certificates come from Let's Encrypt's production directory, which this lab
-# does not answer: its first boot must fail, and its deploy must say where.
-UNREACHABLE_ACME_STACK = "acmefail"
+from tests.lab.example_stack import Pops, wait_until
 
 
 def _reason() -> str | None:
@@ -50,93 +32,6 @@ def _reason() -> str | None:
 
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(_reason() is not None, reason=f"boot lab: {_reason()}")]
-
-
-def unreachable_acme_config() -> StackConfig:
-    values = example_values()
-    values["acme"]["server"] = "production"
-    values["sharedHostname"] = "fail"
-    values["pops"] = [
-        {"name": "solo", "provider": "digitalocean", "region": "sfo3", "size": "s-1vcpu-1gb", "upstream": "origin"}
-    ]
-    return config_from(values, UNREACHABLE_ACME_STACK)
-
-
-@dataclass
-class Pops:
-    lab: BootLab
-    config: StackConfig
-    plan: LabPlan
-    deployment: Deployment
-    failed: StepError
-    origin: dict[str, str]
-    served_before_origin_resolved: dict[str, Any]
-
-    def guest(self, pop: str) -> Guest:
-        return self.lab.guest(pop)
-
-    def on(self, pop: str, command: str, timeout: float = 300) -> str:
-        result = self.lab.run(self.guest(pop), command, timeout=timeout)
-        assert result.returncode == 0, f"{pop}: {command} exited {result.returncode}: {result.stdout} {result.stderr}"
-        return str(result.stdout)
-
-    def view(self, command: str, path: str, *options: str, timeout: float = 300) -> dict[str, Any]:
-        """labs/viewer.py in the viewer namespace, trusting Pebble's root as a viewer trusts Let's Encrypt's."""
-        assert self.lab.pebble is not None
-        scheme = "wss" if command == "websocket" else "https"
-        url = f"{scheme}://{self.config.shared_name}{path}"
-        argv = [sys.executable, "-m", "labs.viewer", command, url, "--ca", str(self.lab.pebble.root_file), *options]
-        result = subprocess.run(
-            ["ip", "netns", "exec", self.lab.viewer_namespace, *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=ROOT,
-        )
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-    def headers_seen(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in Path(self.origin["headers_log"]).read_text().splitlines()]
-
-
-def _wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(3)
-    raise AssertionError(f"{what} within {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def pops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pops]:
-    state_dir = tmp_path_factory.mktemp("boot-pops") / "state"
-    config = load_stack_file(EXAMPLE_STACK)
-    with BootLab(state_dir, PREFIX) as lab:
-        assert lab.moto is not None
-        lab.zone_id = lab.moto.create_zone(config.domain)
-        origin = lab.start_origin([config.origin.host], config.origin.port, media_mb=64)
-        # The origin's name does not resolve while the hub deploys (a dynamic-DNS name not yet updated).
-        lab.remove_record(config.origin.host)
-        lab.remove_record("acme-v02.api.letsencrypt.org")
-        plan = boot_lab.stack_plan(lab, config)
-        failing_plan = boot_lab.stack_plan(lab, unreachable_acme_config(), first_index=len(plan.vms))
-        deployment, failed = boot_lab.deploy_all(lab, [plan, failing_plan])
-        if isinstance(deployment, StepError):
-            lab.collect_logs()
-            pytest.fail(f"the example stack's deploy failed: {deployment} (logs: {lab.logs_dir})")
-        assert isinstance(failed, StepError), "the stack whose ACME server is unreachable deployed"
-        # Viewers are sent to the edge (the lab has no geography to choose by).
-        lab.set_record(config.shared_name, "A", [lab.guest("asia").address])
-        pops = Pops(lab, config, plan, deployment, failed, origin, {})
-        pops.served_before_origin_resolved = pops.view("get", "/identity")
-        lab.set_record(config.origin.host, "A", [str(env.ORIGIN_ADDRESS)])
-        yield pops
-        # Kept after the lab is gone: the guests' logs and each step's time.
-        kept = lab.collect_logs(tmp_path_factory.mktemp("boot-pops-logs"))
-        (kept / "steps.log").write_text(lab.steps_log.read_text() if lab.steps_log.exists() else "")
 
 
 def test_every_pop_ends_first_boot_clean_with_nginx_bbr_fq_a_certificate_and_renewal(pops: Pops) -> None:
@@ -187,17 +82,17 @@ def test_the_second_pops_packages_come_from_the_cache(pops: Pops) -> None:
 def test_a_hub_whose_origin_did_not_resolve_deployed_and_follows_it_once_it_does(pops: Pops) -> None:
     assert pops.served_before_origin_resolved["status"] == 502
     servers = pops.on("us", f"cat /etc/nginx/{render.ORIGIN_SERVERS_FILE}")
-    _wait_until(
+    wait_until(
         lambda: str(env.ORIGIN_ADDRESS) in pops.on("us", f"cat /etc/nginx/{render.ORIGIN_SERVERS_FILE}"),
         timeout=150,
         what="the hub's resolver writes the origin's address",
     )
     assert "server unix:" in servers or str(env.ORIGIN_ADDRESS) in servers
-    _wait_until(lambda: pops.view("get", "/identity")["status"] == 200, 60, "the chain serves")
+    wait_until(lambda: pops.view("get", "/identity")["status"] == 200, 60, "the chain serves")
 
 
 def test_a_viewer_reads_media_through_the_edge_and_the_hub_byte_for_byte(pops: Pops) -> None:
-    _wait_until(lambda: pops.view("get", "/identity")["status"] == 200, 150, "the chain serves")
+    wait_until(lambda: pops.view("get", "/identity")["status"] == 200, 150, "the chain serves")
     media = Path(pops.origin["media_file"])
     whole = pops.view("get", MEDIA_PATH, "--sha256")
     assert whole["status"] == 200 and whole["sha256"] == hashlib.sha256(media.read_bytes()).hexdigest()

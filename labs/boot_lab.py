@@ -864,10 +864,16 @@ class LabStack:
         )
 
     def up(self, config: StackConfig, runner: StepRunner | None = None) -> Deployment:
-        """`pulumi up` with `config`: the changed steps run against the running guests. On a failing step
-        the stack keeps its previous config and deployment (the next `up` runs the changed steps again)."""
+        """`pulumi up` with `config`: the changed steps run against the running guests. On a failing step the
+        stack keeps its previous config, and the steps that completed, as a stack's state does (the next `up`
+        runs the failed step and those after it)."""
         plan = self.plan(config)
-        deployment = (runner or self.lab.step_runner()).apply(plan.steps, self.deployment)
+        try:
+            deployment = (runner or self.lab.step_runner()).apply(plan.steps, self.deployment)
+        except StepError as error:
+            if error.deployment is not None:
+                self.deployment = error.deployment
+            raise
         self.lab.apply_records(plan.records)
         self.config, self.deployment, self.outputs = config, deployment, plan.outputs
         return deployment

@@ -73,6 +73,8 @@ class StepError(LabError):
         self.stdout = stdout
         self.stderr = stderr
         self.returncode = returncode
+        # Raised from StepRunner.apply: the state after the steps that completed (see there).
+        self.deployment: Deployment | None = None
 
 
 class HostKeyError(StepError):
@@ -719,28 +721,44 @@ class StepRunner:
         return self.session_factory(self._connection(step), self.namespace, self.accept_any_host_key, redact)
 
     def apply(self, steps: Sequence[Step], previous: Deployment | None = None) -> Deployment:
-        """`pulumi up`: create new steps, update changed ones, replace retriggered ones, delete dropped ones."""
+        """`pulumi up`: create new steps, update changed ones, replace retriggered ones, delete dropped ones.
+
+        A failing step raises its StepError with `deployment` set to what the stack's state would then hold:
+        the steps that completed as they are now, the failed one and those not reached as they were before
+        (so the next `apply` runs exactly those again)."""
         _check_order(steps)
         previous = previous or Deployment()
         current = Deployment()
         names = {step.name for step in steps}
-        for step in steps:
-            old = previous.steps.get(step.name)
-            if old is None:
-                self._run(step, "create")
-            elif old.triggers != step.triggers:
-                self._run(step, "create")
-                self._run(old, "delete")
-            elif previous.digests.get(step.name) != step.digest():
-                self._run(step, "update")
-            else:
-                self._record(step, "unchanged", None, 0.0)
-            current.steps[step.name] = step
-            current.digests[step.name] = step.digest()
-            current.order.append(step.name)
-        for name in reversed(previous.order):
-            if name not in names:
-                self._run(previous.steps[name], "delete")
+        deleted: set[str] = set()
+        try:
+            for step in steps:
+                old = previous.steps.get(step.name)
+                if old is None:
+                    self._run(step, "create")
+                elif old.triggers != step.triggers:
+                    self._run(step, "create")
+                    self._run(old, "delete")
+                elif previous.digests.get(step.name) != step.digest():
+                    self._run(step, "update")
+                else:
+                    self._record(step, "unchanged", None, 0.0)
+                current.steps[step.name] = step
+                current.digests[step.name] = step.digest()
+                current.order.append(step.name)
+            for name in reversed(previous.order):
+                if name not in names:
+                    self._run(previous.steps[name], "delete")
+                    deleted.add(name)
+        except StepError as error:
+            partial = Deployment(dict(current.steps), dict(current.digests), list(current.order))
+            for name in previous.order:
+                if name not in partial.steps and name not in deleted:
+                    partial.steps[name] = previous.steps[name]
+                    partial.digests[name] = previous.digests[name]
+                    partial.order.append(name)
+            error.deployment = partial
+            raise
         return current
 
     def destroy(self, deployment: Deployment) -> None:

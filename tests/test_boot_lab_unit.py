@@ -523,6 +523,25 @@ def test_a_step_dropped_from_the_program_is_deleted(tmp_path: Path) -> None:
     assert log[-1] == ("unmake", None)
 
 
+def test_a_failed_step_leaves_the_state_of_the_steps_that_completed(tmp_path: Path) -> None:
+    """As a stack's state after a failed `pulumi up`: the next apply runs the failed step again, not those before."""
+    runner, log = _runner(tmp_path, {"deploy asia v2": CommandResult(1, "", "nginx -t rejected", 0.1)})
+    us_v1 = CommandStep("us", _connection(), create="deploy us v1")
+    asia_v1 = CommandStep("asia", _connection(), create="deploy asia v1", depends_on=("us",))
+    dropped = CommandStep("old", _connection(), create="make", delete="unmake")
+    first = runner.apply([us_v1, asia_v1, dropped])
+    us_v2 = CommandStep("us", _connection(), create="deploy us v2")
+    asia_v2 = CommandStep("asia", _connection(), create="deploy asia v2", depends_on=("us",))
+    with pytest.raises(StepError) as failed:
+        runner.apply([us_v2, asia_v2], first)
+    partial = failed.value.deployment
+    assert partial is not None
+    assert partial.steps == {"us": us_v2, "asia": asia_v1, "old": dropped}, "the failed and the unreached stay old"
+    log.clear()
+    runner.apply([us_v2, CommandStep("asia", _connection(), create="deploy asia v3", depends_on=("us",))], partial)
+    assert [entry for entry in log if entry[0] != "dial"] == [("deploy asia v3", None), ("unmake", None)]
+
+
 def test_steps_out_of_dependency_order_are_refused(tmp_path: Path) -> None:
     runner, _ = _runner(tmp_path)
     late = CommandStep("b", _connection(), create="b", depends_on=("a",))

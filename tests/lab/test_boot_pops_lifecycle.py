@@ -317,9 +317,13 @@ def test_a_release_nginx_rejects_rolls_back_and_the_pop_keeps_serving(life: Life
     assert pops.on("asia", "systemctl is-active nginx").strip() == "active"
     assert pops.lab.run(pops.guest("asia"), "ls -d /etc/plex-cdn/nginx-previous.*").returncode != 0, "backup left"
     assert pops.view("get", "/identity")["status"] == 200
-    # Once the release arrives whole, the next `pulumi up` deploys it.
-    runner = life.up(changed)
-    assert pops.release("asia") == _deployed_release(runner, "asia") != before
+    # The copy succeeded, so the stack's state holds the damaged release as copied: the user backs the change
+    # out. Only the hub, where the change went live, deploys again; the edge only gets its release copied.
+    runner = life.up(life.values)
+    ran = {r.name: r.operation for r in runner.records if r.operation != "unchanged"}
+    assert ran == {"us-nginx-release": "copy", "us-nginx-deploy": "update", "asia-nginx-release": "copy"}, ran
+    assert pops.release("asia") == before
+    assert pops.release("us") == _deployed_release(runner, "us")
 
 
 def test_a_forced_renewal_reloads_nginx_with_the_new_certificate(life: Lifecycle) -> None:

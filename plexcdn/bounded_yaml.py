@@ -82,21 +82,12 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         # PyYAML passes the key node as `index` for a mapping's values, the position for a sequence's items.
-        if self.check_event(yaml.AliasEvent):
-            event = cast(yaml.AliasEvent, self._next_event())
-            target = self.anchors.get(event.anchor)
-            if target is not None:
-                measured = self._measure.get(id(target))
-                if measured is None:
-                    raise self._fail(f"the alias *{event.anchor} refers to a value that holds it", event.start_mark)
-                size, depth = measured
-                self._count(size, event.start_mark)
-                if len(self._path) + depth > MAX_DEPTH:
-                    raise self._fail(f"nested more than {MAX_DEPTH} levels deep (through aliases)", event.start_mark)
-            return super().compose_node(parent, index)
         if index is not None:
             self._path.append(index.value if isinstance(index, ScalarNode) else index)
         try:
+            if self.check_event(yaml.AliasEvent):
+                self._check_alias(cast(yaml.AliasEvent, self._next_event()))
+                return super().compose_node(parent, index)
             if len(self._path) > MAX_DEPTH:
                 raise self._fail(f"nested more than {MAX_DEPTH} levels deep", self._next_event().start_mark)
             node = super().compose_node(parent, index)
@@ -106,6 +97,18 @@ class _BoundedLoader(yaml.SafeLoader):
         if node is not None:
             self._finish(node)
         return node
+
+    def _check_alias(self, event: yaml.AliasEvent) -> None:
+        target = self.anchors.get(event.anchor)
+        if target is None:
+            return  # PyYAML reports an undefined alias
+        measured = self._measure.get(id(target))
+        if measured is None:
+            raise self._fail(f"the alias *{event.anchor} refers to a value that holds it", event.start_mark)
+        size, depth = measured
+        self._count(size, event.start_mark)
+        if len(self._path) - 1 + depth > MAX_DEPTH:
+            raise self._fail(f"nested more than {MAX_DEPTH} levels deep (through aliases)", event.start_mark)
 
     def _finish(self, node: Node) -> None:
         children: list[Node] = []
@@ -156,12 +159,14 @@ def decode(data: bytes) -> str:
     """The file's text; StackFileError when it is too large or not UTF-8."""
     if len(data) > MAX_BYTES:
         raise StackFileError(f"is {len(data):,} bytes; a stack file is at most {MAX_BYTES:,}")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise StackFileError("is UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8", line=1)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise StackFileError(
-            f"is not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); save it as UTF-8", line=line
+            f"is not UTF-8 text (byte 0x{data[error.start]:02x}); save it as UTF-8", line=line
         ) from None
 
 

@@ -75,15 +75,25 @@ def one_of(values: Sequence[str]) -> str:
     return "one of " + ", ".join(values)
 
 
+# Control characters have no Unicode names; these are the ones a message is likely to meet.
+_CONTROL_NAMES: Final = {
+    "\x00": "NULL",
+    "\t": "TAB",
+    "\n": "LINE FEED",
+    "\r": "CARRIAGE RETURN",
+    "\x1b": "ESCAPE",
+    "\x7f": "DELETE",
+    "\x85": "NEXT LINE",
+}
+
+
 def unsafe_character(text: str) -> str | None:
     """Where `text` holds a control character or line separator, described for a message; None if it holds none."""
     found = UNSAFE_TEXT.search(text)
     if found is None:
         return None
     character = found.group()
-    name = unicodedata.name(character, "") or {"\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\t": "TAB"}.get(
-        character, "a control character"
-    )
+    name = unicodedata.name(character, "") or _CONTROL_NAMES.get(character, "a control character")
     return f"holds {name} (U+{ord(character):04X}) at character {found.start() + 1}"
 
 
@@ -385,7 +395,9 @@ class PrivateIPv4Subnet(Kind):
         self.must = f"a private IPv4 network of at least 4 addresses such as {example}"
 
     def check(self, value: object) -> ipaddress.IPv4Network:
-        text = value.strip(" ") if isinstance(value, str) else None
+        if not isinstance(value, str):
+            raise setting_error(f"must be {self.must}, got {shown(value)}")
+        text = value.strip(" ")
         try:
             subnet = ipaddress.IPv4Network(text) if text and UNSAFE_TEXT.search(text) is None else None
         except ValueError:
@@ -441,7 +453,9 @@ class SshSource(Kind):
         )
 
     def check(self, value: object) -> Network:
-        text = value.strip(" ") if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            raise setting_error(f"must be {self.must}, got {shown(value)}")
+        text = value.strip(" ")
         try:
             network = ipaddress.ip_network(text) if text and UNSAFE_TEXT.search(text) is None else None
         except ValueError:
@@ -472,7 +486,9 @@ class AnyNetwork(Kind):
     must = "a network such as 203.0.113.0/24 or 2001:db8::/48"
 
     def check(self, value: object) -> str:
-        text = value.strip(" ") if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            raise setting_error(f"must be {self.must}, got {shown(value)}")
+        text = value.strip(" ")
         try:
             network = ipaddress.ip_network(text, strict=False) if text and not UNSAFE_TEXT.search(text) else None
         except ValueError:

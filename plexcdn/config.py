@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
@@ -128,11 +129,10 @@ def _conditional_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
                 },
             }
         )
-    role = getattr(model, "ROLE", None)
-    if role is not None:
-        refused = [name for name in ROLE_ONLY[_other_role(role)] if name not in ROLE_ONLY[role]]
+    refused = model.refused_fields() if issubclass(model, Settings) else ()
+    if refused:
         then: dict[str, Any] = {"properties": {key(name): False for name in refused}}
-        if role == "seeder":
+        if getattr(model, "ROLE", None) == "seeder":
             then["required"] = [key("media_dir")]
         conditions.append(then)
     if conditions:
@@ -535,10 +535,9 @@ class PopConfig(Settings):
         yield from vm_problems(self)
 
 
-TRANSCODE_KINDS: Final = ("host", "cloud")
-MACHINE_KINDS: Final = ("host", "cloud")
-LIBRARY_ROLES: Final = ("seeder", "viewer")
+# host: a machine at home (or a friend's) reached over SSH; cloud: a VM made like a POP.
 MachineKind = Literal["host", "cloud"]
+MACHINE_KINDS: Final = typing.get_args(MachineKind)
 
 
 def _host_slave_address_problem(value: str) -> str | None:
@@ -612,7 +611,7 @@ class TranscodeSlaveConfig(Settings):
     ]
     kind: Annotated[
         MachineKind,
-        Choice(TRANSCODE_KINDS),
+        Choice(MACHINE_KINDS),
         Field(
             description="`host`: a machine at home that gets Plex's files over NFS, unencrypted. `cloud`: a VM made "
             "like a POP, reached through a WireGuard tunnel"
@@ -1007,6 +1006,13 @@ class LibraryPeerConfig(Settings):
         """Where a seeder's library appears on this viewer: the folder to add to Plex."""
         return posixpath.join(self.mount_dir, seeder)
 
+    @classmethod
+    def refused_fields(cls) -> tuple[str, ...]:
+        role = getattr(cls, "ROLE", None)
+        if role is None:
+            return ()
+        return tuple(name for name in ROLE_ONLY[_other_role(role)] if name not in ROLE_ONLY[role])
+
     @rule
     def _keys_of_its_role(self) -> Iterator[Problem]:
         others = f"{_other_role(self.ROLE)}s"
@@ -1140,27 +1146,37 @@ class StackConfig(Settings):
             description="viewers use `https://<label>.<domain>`; each POP also gets `<label>-<pop>.<domain>`",
         ),
     ] = "plex"
-    acme: Annotated[AcmeConfig, Missing("is required (email and server)"), Field(description="certificates")]
+    acme: Annotated[
+        AcmeConfig,
+        Missing("is required (email and server)"),
+        Field(description="the ACME account and server the POPs' certificates come from"),
+    ]
     origin: Annotated[
         OriginConfig,
         Missing("is required (host, port and link of your Plex server)"),
         Field(description="your Plex server as the hub POP reaches it"),
     ]
     admin: Annotated[
-        AdminConfig, Missing("is required (sshPublicKey and cidr)"), Field(description="your access to the VMs")
+        AdminConfig,
+        Missing("is required (sshPublicKey and cidr)"),
+        Field(description="your SSH key and the networks SSH to the VMs is open to"),
     ]
     nginx: Annotated[
         NginxSettings,
         Section(),
-        Field(default_factory=NginxSettings, description="tuning of every POP's nginx"),
+        Field(default_factory=NginxSettings, description="optional tuning of every POP's nginx"),
     ]
     pops: Annotated[
         tuple[PopConfig, ...],
         ListOf("a non-empty list of POPs (name, provider, region, size, upstream)"),
-        Field(description="the POPs"),
+        Field(description="the POPs: hubs (upstream origin) near the Plex server, edges near viewers"),
     ]
-    transcode: Annotated[TranscodeConfig | None, Field(description="transcode offload")] = None
-    library: Annotated[LibraryConfig | None, Field(description="library sharing")] = None
+    transcode: Annotated[
+        TranscodeConfig | None, Field(description="optional: transcode offload (docs/transcode-offload.md)")
+    ] = None
+    library: Annotated[
+        LibraryConfig | None, Field(description="optional: library sharing with friends (docs/library-sharing.md)")
+    ] = None
 
     _stack: str = PrivateAttr(default="")
     _warnings: tuple[str, ...] = PrivateAttr(default=())

@@ -266,8 +266,10 @@ class PemCertificates(Kind):
     def check(self, value: object) -> str:
         if not isinstance(value, str) or len(value) > MAX_PEM:
             raise setting_error(f"must be {self.must}, got {shown(value)}")
-        text = value.strip() + "\n"
-        if not re.findall(self._BLOCK, text) or re.sub(self._BLOCK, "", text).strip():
+        text = value.strip(" \n") + "\n"
+        if (where := unsafe_character(text.replace("\n", " "))) is not None:
+            raise setting_error(f"{where}: it must be {self.must}, lines ending in a line feed")
+        if not re.findall(self._BLOCK, text) or re.sub(self._BLOCK, "", text).strip(" \n"):
             raise setting_error(f"must be {self.must}")
         return text
 

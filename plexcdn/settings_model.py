@@ -115,6 +115,12 @@ class Settings(BaseModel):
     def given(self, name: str) -> bool:
         return name in self.model_fields_set
 
+    @classmethod
+    def refused_fields(cls) -> tuple[str, ...]:
+        """Fields a rule always refuses in this model (a library seeder's viewer-only keys): not offered as
+        valid keys in messages."""
+        return ()
+
 
 @cache
 def _rules_of(cls: type[Settings]) -> tuple[Callable[[Settings], Iterator[Problem]], ...]:
@@ -230,7 +236,7 @@ def path_text(loc: Loc) -> str:
 
 
 def keys_of(model: type[Settings]) -> list[str]:
-    return [field.alias or name for name, field in model.model_fields.items()]
+    return [field.alias or name for name, field in model.model_fields.items() if name not in model.refused_fields()]
 
 
 def _message(root: type[Settings], found: Mapping[str, Any]) -> str:

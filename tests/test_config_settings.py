@@ -5,6 +5,8 @@ names exactly that setting and says what would be valid, and the published JSON 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import jsonschema
@@ -242,3 +244,59 @@ def test_the_stack_name_and_warnings_are_not_settings() -> None:
             f"{key}: unknown setting; valid settings here: domain, sharedHostname, acme, origin, admin, nginx, pops, "
             "transcode, library",
         )
+
+
+# The Pulumi program under the mock engine, in a process of its own: reading 5,000 nested arrays leaves a
+# RecursionError behind in the interpreter that runs it, as it would leave one in `pulumi up`'s.
+PROGRAM_RUN = """
+import json, runpy, sys
+import pulumi
+from labs.mock_engine import install_mocks
+_, monitor = install_mocks("dev")
+pulumi.runtime.set_all_config(json.loads(sys.stdin.read()))
+try:
+    runpy.run_path("__main__.py", run_name="__main__")
+except pulumi.RunError as error:
+    print(json.dumps({"error": str(error), "registered": len(monitor.registrations)}))
+"""
+
+
+def test_the_pulumi_program_stops_with_the_problems_alone_before_any_resource() -> None:
+    """Values Pulumi cannot even read as JSON (nested past Python's recursion limit, a number too long to
+    convert) are named with every other problem, and nothing is registered."""
+    settings = {
+        f"plex-cdn:{key}": value if isinstance(value, str) else json.dumps(value)
+        for key, value in example_values().items()
+    }
+    settings["plex-cdn:pops"] = "[" * 5000 + "]" * 5000
+    settings["plex-cdn:nginx"] = '{"streamBufferMb": ' + "9" * 5000 + "}"
+    settings["plex-cdn:domain"] = "example.com\u2028evil"
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM_RUN],
+        input=json.dumps(settings),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert result.stdout, result.stderr
+    outcome = json.loads(result.stdout)
+    lines = outcome["error"].splitlines()
+    assert lines[0] == "invalid stack configuration:"
+    assert [line.split(": ")[0].strip() for line in lines[1:-1]] == ["domain", "nginx", "pops"], lines
+    assert "got a value that is not readable JSON" in lines[2] and "got a value that is not readable JSON" in lines[3]
+    assert lines[-1] == "Fix the settings in Pulumi.dev.yaml"
+    assert outcome["registered"] == 0
+
+
+def test_a_ca_certificate_carries_no_control_character_between_its_blocks() -> None:
+    block = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUJ0ZQ\n-----END CERTIFICATE-----"
+    values = example_values()
+    values["acme"].update(server="https://pebble.example.org/dir", caCertificate=f"{block}\n{block}\n")
+    assert parse_config(values, "dev").acme.ca_certificate == f"{block}\n{block}\n"
+    for between in ("\u2028", "\r\n", "\x00"):
+        values["acme"]["caCertificate"] = f"{block}{between}{block}"
+        with pytest.raises(ConfigError) as caught:
+            parse_config(values, "dev")
+        assert [p for p in caught.value.problems if p.startswith("acme.caCertificate: ")], between

@@ -111,3 +111,19 @@ def test_the_settings_reference_names_every_directory_a_shared_path_must_not_tou
     text = REFERENCE_PATH.read_text()
     for directory in (*SYSTEM_DIRS, PLEX_HOME):
         assert f"`{directory}`" in text, directory
+
+
+def test_the_schema_command_rewrites_a_stale_reference_in_place(tmp_path: Any) -> None:
+    stale = REFERENCE_PATH.read_text().replace("| `port` | `32400` |", "| `port` | `80` |", 1)
+    assert stale != REFERENCE_PATH.read_text()
+    copy_path = tmp_path / "stack-config.md"
+    copy_path.write_text(stale)
+    result = subprocess.run(
+        [sys.executable, "-m", "plexcdn", "schema", "--reference", str(copy_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert copy_path.read_text() == REFERENCE_PATH.read_text()

@@ -89,11 +89,13 @@ class Settings(BaseModel):
         return partial
 
     def _rule_problems(self, tolerant: bool) -> list[Problem]:
+        """Every rule's problems. Over a partial model (`tolerant`), a rule that reads a field left out, or
+        trips over a value another rule would refuse (a region not in its provider's table), says nothing."""
         problems: list[Problem] = []
         for method in _rules_of(type(self)):
             try:
                 problems.extend(method(self))
-            except AttributeError:
+            except (AttributeError, LookupError, TypeError, ValueError):
                 if not tolerant:
                     raise
         return problems

@@ -11,6 +11,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from plexcdn import stack_schema
 from plexcdn.config import ConfigError, StackConfig, parse_config
@@ -300,3 +302,40 @@ def test_a_ca_certificate_carries_no_control_character_between_its_blocks() -> N
         with pytest.raises(ConfigError) as caught:
             parse_config(values, "dev")
         assert [p for p in caught.value.problems if p.startswith("acme.caCertificate: ")], between
+
+
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+)
+
+
+@st.composite
+def damaged_documents(draw: st.DrawFn) -> dict[str, Any]:
+    """The dev stack with its examples on, a few of its settings (leaves or whole sections) replaced by junk."""
+    document = DOCUMENTS["Pulumi.dev.yaml"]
+    places = [path for path, _ in setting_leaves(document)]
+    places += sorted({path[:cut] for path in places for cut in range(1, len(path))}, key=repr)
+    for path in draw(st.lists(st.sampled_from(places), min_size=1, max_size=4)):
+        try:
+            document = with_leaf(document, path, draw(junk))
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier change already replaced what held this place
+    return document
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged_documents())
+def test_any_damage_anywhere_is_a_config_error_naming_settings_never_a_crash(document: dict[str, Any]) -> None:
+    try:
+        parse_config(settings_of(document), "dev")
+    except ConfigError as error:
+        assert error.problems
+        for problem in error.problems:
+            setting, _, message = problem.partition(": ")
+            assert setting and message and "\n" not in problem, problem

@@ -11,6 +11,7 @@ from plexcdn.config import (
     HOME_SSH_KEY,
     NAMESPACE,
     TOP_LEVEL_KEYS,
+    UNREADABLE,
     ConfigError,
     StackConfig,
     needs_home_ssh_key,
@@ -24,7 +25,12 @@ def read_config() -> StackConfig:
     settings = pulumi.Config(NAMESPACE)
     values: dict[str, object] = {}
     for key, kind in TOP_LEVEL_KEYS.items():
-        value = settings.get(key) if kind == "scalar" else settings.get_object(key)
+        try:
+            value = settings.get(key) if kind == "scalar" else settings.get_object(key)
+        except pulumi.ConfigTypeError:
+            # Malformed JSON, nested past Python's recursion limit, or a number too long to convert: the model
+            # names the setting with everything else.
+            value = UNREADABLE
         if value is not None:
             values[key] = value
     try:

@@ -1,6 +1,6 @@
 """`python -m plexcdn validate|render ...`: check and render a stack offline, without Pulumi or credentials.
 `preflight` asks the providers' APIs, with the credentials in the environment, whether `pulumi up` can make
-the stack today.
+the stack today. `schema` prints the stack file's JSON Schema (or rewrites the settings reference's tables).
 
 `lab ...` and `bench ...` are aliases of `python -m labs ...`: the labs run the rendered configs for real
 in network namespaces and guests (root).
@@ -114,6 +114,21 @@ def _preflight(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from plexcdn import stack_schema
+
+    if args.reference is None:
+        sys.stdout.write(stack_schema.schema_text())
+        return 0
+    path = Path(args.reference)
+    text = path.read_text()
+    updated = stack_schema.update_reference(text)
+    if updated != text:
+        path.write_text(updated)
+    print(f"{path}: {len(stack_schema.reference_tables_in(updated))} tables from the models")
+    return 0
+
+
 def _print_problems(error: ConfigError) -> None:
     for problem in error.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -175,6 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="learn this machine's public address from https://checkip.amazonaws.com and check it likewise",
     )
     preflight_cmd.set_defaults(handler=_preflight)
+    schema_cmd = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of a stack file, generated from the settings models",
+        description="Without options: the JSON Schema of Pulumi.<stack>.yaml on stdout (docs/stack-file.schema.json "
+        "is this output). With --reference FILE: rewrite the settings tables in FILE (docs/stack-config.md).",
+    )
+    schema_cmd.add_argument("--reference", metavar="FILE", help="rewrite the generated tables of this Markdown file")
+    schema_cmd.set_defaults(handler=_schema)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

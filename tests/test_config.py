@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from plexcdn import regions, render, topology
 from plexcdn.config import ConfigError, load_stack_file, parse_config
@@ -36,10 +37,11 @@ def test_example_stack_is_valid_and_typed() -> None:
 
 def test_config_objects_are_frozen() -> None:
     config = load_stack_file(EXAMPLE_STACK)
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.domain = "other.example"  # type: ignore[misc]
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.pops[0].size = "huge"  # type: ignore[misc]
+    assert isinstance(config.pops, tuple) and isinstance(config.admin.deploy_from, tuple)
 
 
 def _with_pop(index: int, **changes: Any) -> dict[str, Any]:

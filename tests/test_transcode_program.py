@@ -15,9 +15,10 @@ import yaml
 
 from labs.mock_engine import SECRET_SIG, SECRET_SIG_KEY, RecordingMonitor, Registration, _fake_value, install_mocks
 from plexcdn import wireguard
-from plexcdn.config import PLEX_HOME, ConfigError, StackConfig, load_stack_file, parse_config
+from plexcdn.config import ConfigError, StackConfig, load_stack_file, parse_config
 from plexcdn.transcode import dispatcher
 from plexcdn.transcode import render as tr
+from plexcdn.transcode.layout import PLEX_HOME
 from tests.conftest import EXAMPLE_STACK, config_from, example_values, write_stack
 from tests.transcode_fixtures import (
     ORIGIN_HOST,

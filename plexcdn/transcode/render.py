@@ -23,8 +23,9 @@ from typing import Any, Final
 import jinja2
 
 from plexcdn import TEMPLATES_DIR, vm_identity
-from plexcdn.config import PLEX_HOME, StackConfig, TranscodeConfig
+from plexcdn.config import StackConfig, TranscodeConfig
 from plexcdn.transcode import dispatcher
+from plexcdn.transcode.layout import PLEX_HOME
 from plexcdn.vm_identity import VmIdentity
 
 DISPATCHER_SOURCE: Final = Path(dispatcher.__file__)

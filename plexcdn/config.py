@@ -42,7 +42,6 @@ from plexcdn.setting_kinds import (
     ListOf,
     Missing,
     Network,
-    PemCertificates,
     PrivateIPv4Subnet,
     Problem,
     Section,
@@ -52,7 +51,6 @@ from plexcdn.setting_kinds import (
     absolute_dir_problem,
     host,
     is_hostname,
-    is_https_url,
     machine_name,
     matches,
     one_of,
@@ -160,63 +158,21 @@ SHARED_LABEL = Text(
 EMAIL = Text("an email address such as you@example.com", matches(EMAIL_PATTERN), pattern=EMAIL_PATTERN)
 
 
-def _acme_server_problem(value: str) -> str | None:
-    if value in ACME_DIRECTORIES or is_https_url(value):
-        return None
-    return (
-        f"{shown(value)} is not valid; use {one_of(tuple(ACME_DIRECTORIES))}, or the https:// directory URL of an "
-        "ACME server of your own"
-    )
-
-
 class AcmeConfig(Settings):
     email: Annotated[str, EMAIL, Field(description="the Let's Encrypt account's address")]
     server: Annotated[
-        str,
-        Text(
-            f"{one_of(tuple(ACME_DIRECTORIES))}, or the https:// directory URL of an ACME server of your own",
-            explain=_acme_server_problem,
-            valid="`staging`, `production`, or the `https://` directory URL of an ACME server of your own",
-            schema={"anyOf": [{"enum": list(ACME_DIRECTORIES)}, {"type": "string", "pattern": "^https://[^\\s]+$"}]},
-        ),
+        Literal["staging", "production"],
+        Choice(("staging", "production")),
         Field(
             description="staging certificates are not trusted by browsers but have generous rate limits: keep dev "
             "stacks on staging. Production allows 5 certificates per set of names a week. The policy pack requires "
             "`production` on the `prod` stack and `staging` elsewhere",
         ),
     ] = "staging"
-    # For an ACME server and Route53 endpoint of one's own (a lab): the CA that signs their HTTPS certificates,
-    # trusted by certbot beside the system's CAs.
-    ca_certificate: Annotated[
-        str | None,
-        PemCertificates(),
-        Field(description="with an ACME server of your own (a lab): the CA that signs its HTTPS certificate"),
-    ] = None
-    route53_endpoint: Annotated[
-        str | None,
-        Text(
-            "an https:// URL of a Route53 API endpoint of your own (a lab)",
-            is_https_url,
-            pattern="^https://[^\\s]+$",
-            valid="an `https://` URL",
-        ),
-        Field(description="with an ACME server of your own (a lab): the Route53 API certbot's DNS-01 hook calls"),
-    ] = None
 
     @property
     def directory_url(self) -> str:
-        return ACME_DIRECTORIES.get(self.server, self.server)
-
-    @rule
-    def _lab_settings_need_a_lab_server(self) -> Iterator[Problem]:
-        if self.server not in ACME_DIRECTORIES:
-            return
-        for name in ("ca_certificate", "route53_endpoint"):
-            if getattr(self, name) is not None:
-                yield Problem(
-                    self.loc(name),
-                    f"is only for an ACME server of your own; with acme.server {self.server} leave it out",
-                )
+        return ACME_DIRECTORIES[self.server]
 
 
 PORT = WholeNumber(1, 65535)

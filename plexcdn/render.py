@@ -215,8 +215,6 @@ def _pop_context(
     }
 
 
-ACME_CA_BUNDLE_PATH: Final = "/etc/plex-cdn/acme-ca.pem"
-
 NGINX_FILES: Final = (
     "nginx.conf",
     "plexcdn-maps.conf",
@@ -405,7 +403,6 @@ def _certbot_file_specs(config: StackConfig, pop_name: str, prefix: str = "") ->
         issue_retry_seconds=ISSUE_RETRY_SECONDS,
         acme_dns_hook_path=ACME_DNS_HOOK_PATH,
         credentials_path=CREDENTIALS_PATH,
-        acme_ca_bundle=ACME_CA_BUNDLE_PATH,
     )
     return {
         "/etc/plex-cdn/certbot.env": FileSpec(render_template("cloud-init/certbot.env.j2", **context), "0644"),
@@ -420,11 +417,6 @@ def _certbot_file_specs(config: StackConfig, pop_name: str, prefix: str = "") ->
         ),
         "/etc/systemd/system/plexcdn-certbot-renew.timer": FileSpec(
             render_template("cloud-init/plexcdn-certbot-renew.timer.j2", **context), "0644"
-        ),
-        **(
-            {ACME_CA_BUNDLE_PATH: FileSpec(config.acme.ca_certificate, "0644")}
-            if config.acme.ca_certificate is not None
-            else {}
         ),
         ACME_DNS_HOOK_PATH: FileSpec(Path(acme_dns_hook.__file__).read_text(), "0755"),
     }

@@ -15,7 +15,6 @@ import re
 import reprlib
 import typing
 import unicodedata
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,7 +32,6 @@ UNSAFE_TEXT: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 UNSAFE_TEXT_PATTERN: Final = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 # The longest text setting: a 16384-bit RSA key is about 2,800 characters.
 MAX_TEXT: Final = 8192
-MAX_PEM: Final = 64 * 1024
 
 _SHOWN = reprlib.Repr()
 _SHOWN.maxlevel = 2
@@ -256,27 +254,6 @@ class Text(Kind):
         return schema
 
 
-class PemCertificates(Kind):
-    """One or more PEM certificates: the one setting whose value is several lines."""
-
-    valid = "PEM certificates"
-    must = "one or more PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
-    _BLOCK: Final = r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----"
-
-    def check(self, value: object) -> str:
-        if not isinstance(value, str) or len(value) > MAX_PEM:
-            raise setting_error(f"must be {self.must}, got {shown(value)}")
-        text = value.strip(" \n") + "\n"
-        if (where := unsafe_character(text.replace("\n", " "))) is not None:
-            raise setting_error(f"{where}: it must be {self.must}, lines ending in a line feed")
-        if not re.findall(self._BLOCK, text) or re.sub(self._BLOCK, "", text).strip(" \n"):
-            raise setting_error(f"must be {self.must}")
-        return text
-
-    def json_schema(self) -> JsonSchema:
-        return {"type": "string", "pattern": "^\\s*-----BEGIN CERTIFICATE-----", "maxLength": MAX_PEM}
-
-
 # --- names, addresses and paths ------------------------------------------------------------------------------
 
 LABEL: Final = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -295,13 +272,6 @@ def is_ip_address(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def is_https_url(value: str) -> bool:
-    parts = urllib.parse.urlsplit(value)
-    host = parts.hostname or ""
-    host_ok = is_ip_address(host) or is_hostname(host) or host == "localhost"
-    return parts.scheme == "https" and host_ok and not parts.username and UNSAFE_TEXT.search(value) is None
 
 
 HOST_PATTERN: Final = r"^([a-z0-9.-]+|[0-9A-Fa-f:.]+)$"

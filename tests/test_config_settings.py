@@ -292,18 +292,6 @@ def test_the_pulumi_program_stops_with_the_problems_alone_before_any_resource() 
     assert outcome["registered"] == 0
 
 
-def test_a_ca_certificate_carries_no_control_character_between_its_blocks() -> None:
-    block = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUJ0ZQ\n-----END CERTIFICATE-----"
-    values = example_values()
-    values["acme"].update(server="https://pebble.example.org/dir", caCertificate=f"{block}\n{block}\n")
-    assert parse_config(values, "dev").acme.ca_certificate == f"{block}\n{block}\n"
-    for between in ("\u2028", "\r\n", "\x00"):
-        values["acme"]["caCertificate"] = f"{block}{between}{block}"
-        with pytest.raises(ConfigError) as caught:
-            parse_config(values, "dev")
-        assert [p for p in caught.value.problems if p.startswith("acme.caCertificate: ")], between
-
-
 junk = st.one_of(
     st.none(),
     st.booleans(),

@@ -16,7 +16,7 @@ from typing import Final
 
 import jinja2
 
-from plexcdn import PROJECT_ROOT, TEMPLATES_DIR, acme_dns_hook, origin_resolver, topology, vm_identity
+from plexcdn import PROJECT_ROOT, TEMPLATES_DIR, acme_dns_hook, origin_resolver, topology, tunnel_filter, vm_identity
 from plexcdn.config import StackConfig
 from plexcdn.vm_identity import VmIdentity
 
@@ -469,9 +469,25 @@ PLACEHOLDER_WIREGUARD_KEYS: Final = WireguardKeys(
 )
 
 
+HUB_TUNNEL_FILTER_TABLE: Final = "plexcdn_hub_tunnel"
+
+
+def hub_tunnel_admissions(config: StackConfig) -> list[tunnel_filter.Admission]:
+    """What the hub may reach on the Plex host through the tunnel: Plex, for the requests it proxies."""
+    origin = config.origin
+    return [
+        tunnel_filter.Admission(
+            str(origin.hub_tunnel_address), str(origin.home_tunnel_address), origin.port, "Plex, for the hub's proxy"
+        )
+    ]
+
+
 def _wireguard_context(config: StackConfig, hub: str, keys: WireguardKeys) -> dict[str, object]:
     origin = config.origin
+    admissions = hub_tunnel_admissions(config)
     return {
+        "filter_comment": tunnel_filter.comment(admissions),
+        "filter_hooks": tunnel_filter.hooks(HUB_TUNNEL_FILTER_TABLE, admissions),
         "interface": WIREGUARD_INTERFACE,
         "pop_name": config.pop_name(hub),
         "hub_address": origin.hub_tunnel_address,

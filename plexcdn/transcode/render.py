@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import jinja2
 
-from plexcdn import TEMPLATES_DIR, vm_identity
+from plexcdn import TEMPLATES_DIR, tunnel_filter, vm_identity
 from plexcdn.config import PLEX_HOME, StackConfig, TranscodeConfig
 from plexcdn.transcode import dispatcher
 from plexcdn.vm_identity import VmIdentity
@@ -47,6 +47,8 @@ FSTAB: Final = "/etc/fstab"
 WIREGUARD_INTERFACE: Final = "plexcdn-tc"
 WIREGUARD_KEY: Final = f"/etc/wireguard/{WIREGUARD_INTERFACE}.key"
 WIREGUARD_CONF: Final = f"/etc/wireguard/{WIREGUARD_INTERFACE}.conf"
+TUNNEL_FILTER_TABLE: Final = "plexcdn_transcode_tunnel"
+NFS_PORT: Final = 2049  # NFSv4 needs nothing else: no rpcbind, no mountd
 REINSTALL_UNIT: Final = "plexcdn-transcoder-reinstall"
 SLAVE_USER: Final = "plex"
 # The plex account's home on a slave: root's, and empty. sshd (through PAM's pam_env, which Debian runs with
@@ -375,14 +377,31 @@ def slave_wireguard_conf(config: StackConfig, slave_name: str, origin_public_key
     )
 
 
+def tunnel_admissions(transcode: TranscodeConfig) -> list[tunnel_filter.Admission]:
+    """What a cloud slave may reach on the Plex server through its tunnel: the NFS exports. The dispatcher's SSH
+    goes the other way, from the Plex server out."""
+    return [
+        tunnel_filter.Admission(
+            str(transcode.tunnel_address(slave.name)),
+            str(transcode.origin_tunnel_address),
+            NFS_PORT,
+            f"NFS, for cloud slave {slave.name}'s mounts",
+        )
+        for slave in transcode.cloud_slaves
+    ]
+
+
 def origin_wireguard_conf(config: StackConfig, peers: Mapping[str, CloudPeer]) -> str:
     transcode = _transcode(config)
     assert transcode.tunnel_subnet is not None
     missing = [slave.name for slave in transcode.cloud_slaves if slave.name not in peers]
     if missing:
         raise ValueError(f"no endpoint or key for cloud slaves {', '.join(missing)}")
+    admissions = tunnel_admissions(transcode)
     return render_template(
         "transcode/wireguard-origin.conf.j2",
+        filter_comment=tunnel_filter.comment(admissions),
+        filter_hooks=tunnel_filter.hooks(TUNNEL_FILTER_TABLE, admissions),
         interface=WIREGUARD_INTERFACE,
         stack=config.stack,
         address=transcode.origin_tunnel_address,

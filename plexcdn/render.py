@@ -21,6 +21,10 @@ from plexcdn.config import StackConfig
 from plexcdn.vm_identity import VmIdentity
 
 CERTBOT_VERSION: Final = "5.8.0"
+# certbot and every package it needs, each with the hashes of its wheels (written by `python -m labs.certbot_lock`):
+# the POP installs exactly these, as root, beside the AWS credentials.
+CERTBOT_LOCK: Final = Path(__file__).with_name("certbot-requirements.lock")
+CERTBOT_LOCK_PATH: Final = "/etc/plex-cdn/certbot-requirements.lock"
 PEER_PORT: Final = 8443
 HEALTH_PATH: Final = "/plexcdn/health"
 NGINX_RELEASES_DIR: Final = "/etc/plex-cdn/releases"
@@ -425,6 +429,7 @@ def _certbot_file_specs(config: StackConfig, pop_name: str, prefix: str = "") ->
             else {}
         ),
         ACME_DNS_HOOK_PATH: FileSpec(Path(acme_dns_hook.__file__).read_text(), "0755"),
+        CERTBOT_LOCK_PATH: FileSpec(CERTBOT_LOCK.read_text(), "0644"),
     }
 
 
@@ -445,6 +450,7 @@ def cloud_init(config: StackConfig, pop_name: str, identity: VmIdentity | None =
             "cloud-init/plexcdn-first-boot.sh.j2",
             **context,
             certbot_version=CERTBOT_VERSION,
+            certbot_lock_path=CERTBOT_LOCK_PATH,
             first_boot_status=FIRST_BOOT_STATUS,
             credentials_path=CREDENTIALS_PATH,
             credentials_wait_seconds=CREDENTIALS_WAIT_SECONDS,

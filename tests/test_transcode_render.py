@@ -500,3 +500,59 @@ def test_the_slave_filter_and_its_unit_load(config: StackConfig, tmp_path: Path)
             ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, check=False
         )
         assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+
+
+def make_key(home: Path, name: str) -> tuple[str, str]:
+    """An OpenPGP key made in HOME: (its fingerprint, its public key armoured)."""
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    try:
+        subprocess.run(
+            [*gpg, "--quick-gen-key", f"{name} <{name}@example.com>", "ed25519", "sign", "never"], env=env, check=True
+        )
+        listing = subprocess.run(
+            ["gpg", "--batch", "--with-colons", "--list-keys"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        armoured = subprocess.run(
+            ["gpg", "--batch", "--armor", "--export", fingerprint], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+    return fingerprint, armoured
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg (Debian package gpg)")
+def test_the_apt_key_is_trusted_only_when_it_is_the_published_one(config: StackConfig, tmp_path: Path) -> None:
+    plex_fingerprint, plex_key = make_key(tmp_path / "publisher", "publisher")
+    other_fingerprint, other_key = make_key(tmp_path / "attacker", "attacker")
+    call = prelude(config) + 'plexcdn_fetch_apt_key "file://$1" "$2" "$3"\n'
+    keyring = tmp_path / "plexmediaserver.v2.gpg"
+    served = tmp_path / "served.key"
+
+    def fetch(text: str) -> subprocess.CompletedProcess[str]:
+        served.write_text(text)
+        return run_bash(call, str(served), plex_fingerprint, str(keyring))
+
+    for wrong in (other_key, plex_key + other_key, other_key + plex_key, "not a key\n"):
+        result = fetch(wrong)
+        assert result.returncode != 0 and "not the one its publisher names" in result.stderr, result.stderr
+        assert not keyring.exists(), "nothing is trusted"
+    result = fetch(plex_key)
+    assert result.returncode == 0, result.stderr
+    shown = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--show-keys", str(keyring)],
+        env={**os.environ, "GNUPGHOME": str(tmp_path / "publisher")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    primaries = [line for line in shown.splitlines() if line.startswith("pub:")]
+    assert len(primaries) == 1 and f":{plex_fingerprint}:" in shown and other_fingerprint not in shown
+    assert stat.S_IMODE(keyring.stat().st_mode) == 0o644
+    script = tr.slave_setup_script(config, "den")
+    assert f"plexcdn_fetch_apt_key {tr.PLEX_APT_KEY_URL} {tr.PLEX_APT_KEY_FINGERPRINT} {tr.PLEX_APT_KEYRING}" in script
+    assert written_files(script)["/etc/apt/sources.list.d/plexmediaserver.list"] == (
+        f"deb [signed-by={tr.PLEX_APT_KEYRING}] https://repo.plex.tv/deb/ public main\n"
+    )

@@ -62,9 +62,14 @@ SSHD_DROP_IN: Final = "/etc/ssh/sshd_config.d/plexcdn-transcode.conf"
 SLAVE_FILTER: Final = f"{CONFIG_DIR}/transcode-slave.nft"
 SLAVE_FILTER_TABLE: Final = "plexcdn_transcode_slave"
 SLAVE_FILTER_UNIT: Final = "plexcdn-transcode-filter"
-PLEX_APT_KEY_URL: Final = "https://downloads.plex.tv/plex-keys/PlexSign.key"
-PLEX_APT_KEYRING: Final = "/usr/share/keyrings/plexmediaserver.asc"
-PLEX_APT_SOURCE: Final = f"deb [signed-by={PLEX_APT_KEYRING}] https://downloads.plex.tv/repo/deb public main"
+# Plex's repository since Plex Media Server 1.43.0 (the old downloads.plex.tv/repo/deb was retired in 2026) and its
+# signing key, taken only if it is the key whose fingerprint Plex publishes in "Enable repository updating for
+# supported Linux server distributions" (support.plex.tv/articles/235974187): Ed25519 primary key
+# 6EFF EB47 8A65 59D7 5C7C 4FE7 06C5 2179 0B9C FFDE, signing subkey B406F0897A39A570804260540A05F1E6E7AFD573.
+PLEX_APT_KEY_URL: Final = "https://downloads.plex.tv/plex-keys/PlexSign.v2.key"
+PLEX_APT_KEY_FINGERPRINT: Final = "6EFFEB478A6559D75C7C4FE706C521790B9CFFDE"
+PLEX_APT_KEYRING: Final = "/usr/share/keyrings/plexmediaserver.v2.gpg"
+PLEX_APT_SOURCE: Final = f"deb [signed-by={PLEX_APT_KEYRING}] https://repo.plex.tv/deb/ public main"
 HOST_KEY_PREFIX: Final = "plexcdn-host-key: "
 HANDSHAKE_WAIT_S: Final = 150  # the origin retries a failed handshake on its next keepalive, 25 s later
 # sshd runs the command as `sh -c COMMAND` and Linux caps one argument at 128 KiB (MAX_ARG_STRLEN).
@@ -686,6 +691,7 @@ def _script(template: str, where: str, **context: object) -> str:
         "slave_filter_unit_name": SLAVE_FILTER_UNIT,
         "app_data_cache": APP_DATA_CACHE,
         "apt_key_url": PLEX_APT_KEY_URL,
+        "apt_key_fingerprint": PLEX_APT_KEY_FINGERPRINT,
         "apt_keyring": PLEX_APT_KEYRING,
         "apt_source": PLEX_APT_SOURCE,
         "host_key_prefix": HOST_KEY_PREFIX,

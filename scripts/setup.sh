@@ -9,6 +9,7 @@ APT_PACKAGES=(
     nginx cloud-init wireguard-tools openssl ca-certificates curl
     iproute2 iputils-ping procps psmisc iperf3
     pebble openssh-server openssh-client ffmpeg shellcheck nftables
+    gpg gcc
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -661,9 +661,13 @@ class TranscodeConfig(Settings):
         Missing("is required: the plex account's group id on the Plex server (`id plex`)"),
         Field(description="the plex account's group id on the Plex server (`id plex`)"),
     ]
-    app_data_dir: Annotated[str, SHARED_PATH, Field(description="Plex's app data, shared read-only")] = (
-        "/var/lib/plexmediaserver/Library/Application Support/Plex Media Server"
-    )
+    app_data_dir: Annotated[
+        str,
+        SHARED_PATH,
+        Field(
+            description="Plex's app data; of it only `Codecs` is shared (read-only), never the files holding the token"
+        ),
+    ] = "/var/lib/plexmediaserver/Library/Application Support/Plex Media Server"
     transcode_dir: Annotated[
         str,
         SHARED_PATH,

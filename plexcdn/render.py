@@ -16,11 +16,15 @@ from typing import Final
 
 import jinja2
 
-from plexcdn import PROJECT_ROOT, TEMPLATES_DIR, acme_dns_hook, origin_resolver, topology, vm_identity
+from plexcdn import PROJECT_ROOT, TEMPLATES_DIR, acme_dns_hook, origin_resolver, topology, tunnel_filter, vm_identity
 from plexcdn.config import StackConfig
 from plexcdn.vm_identity import VmIdentity
 
 CERTBOT_VERSION: Final = "5.8.0"
+# certbot and every package it needs, each with the hashes of its wheels (written by `python -m labs.certbot_lock`):
+# the POP installs exactly these, as root, beside the AWS credentials.
+CERTBOT_LOCK: Final = Path(__file__).with_name("certbot-requirements.lock")
+CERTBOT_LOCK_PATH: Final = "/etc/plex-cdn/certbot-requirements.lock"
 PEER_PORT: Final = 8443
 HEALTH_PATH: Final = "/plexcdn/health"
 NGINX_RELEASES_DIR: Final = "/etc/plex-cdn/releases"
@@ -419,6 +423,7 @@ def _certbot_file_specs(config: StackConfig, pop_name: str, prefix: str = "") ->
             render_template("cloud-init/plexcdn-certbot-renew.timer.j2", **context), "0644"
         ),
         ACME_DNS_HOOK_PATH: FileSpec(Path(acme_dns_hook.__file__).read_text(), "0755"),
+        CERTBOT_LOCK_PATH: FileSpec(CERTBOT_LOCK.read_text(), "0644"),
     }
 
 
@@ -439,6 +444,7 @@ def cloud_init(config: StackConfig, pop_name: str, identity: VmIdentity | None =
             "cloud-init/plexcdn-first-boot.sh.j2",
             **context,
             certbot_version=CERTBOT_VERSION,
+            certbot_lock_path=CERTBOT_LOCK_PATH,
             first_boot_status=FIRST_BOOT_STATUS,
             credentials_path=CREDENTIALS_PATH,
             credentials_wait_seconds=CREDENTIALS_WAIT_SECONDS,
@@ -463,9 +469,25 @@ PLACEHOLDER_WIREGUARD_KEYS: Final = WireguardKeys(
 )
 
 
+HUB_TUNNEL_FILTER_TABLE: Final = "plexcdn_hub_tunnel"
+
+
+def hub_tunnel_admissions(config: StackConfig) -> list[tunnel_filter.Admission]:
+    """What the hub may reach on the Plex host through the tunnel: Plex, for the requests it proxies."""
+    origin = config.origin
+    return [
+        tunnel_filter.Admission(
+            str(origin.hub_tunnel_address), str(origin.home_tunnel_address), origin.port, "Plex, for the hub's proxy"
+        )
+    ]
+
+
 def _wireguard_context(config: StackConfig, hub: str, keys: WireguardKeys) -> dict[str, object]:
     origin = config.origin
+    admissions = hub_tunnel_admissions(config)
     return {
+        "filter_comment": tunnel_filter.comment(admissions),
+        "filter_hooks": tunnel_filter.hooks(HUB_TUNNEL_FILTER_TABLE, admissions),
         "interface": WIREGUARD_INTERFACE,
         "pop_name": config.pop_name(hub),
         "hub_address": origin.hub_tunnel_address,

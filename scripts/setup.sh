@@ -8,7 +8,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     nginx cloud-init wireguard-tools openssl ca-certificates curl
     iproute2 iputils-ping procps psmisc iperf3
-    pebble openssh-server openssh-client ffmpeg shellcheck nftables fuse3
+    pebble openssh-server openssh-client ffmpeg shellcheck nftables fuse3 gpg gcc
     qemu-system-x86 qemu-utils mmdebstrap cloud-image-utils e2fsprogs
 )
 
@@ -54,7 +54,10 @@ echo "plex-cdn setup: rendered into out/dev ($(ls out/dev | tr '\n' ' ')); each 
 if command -v pulumi >/dev/null; then
     echo "plex-cdn setup: Pulumi CLI found; previewing the dev stack on a local backend in .pulumi-local/"
     mkdir -p .pulumi-local
-    export PULUMI_BACKEND_URL="file://$PWD/.pulumi-local" PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE:-plex-cdn-local}"
+    export PULUMI_BACKEND_URL="file://$PWD/.pulumi-local"
+    # shellcheck source=scripts/local-passphrase.sh
+    . scripts/local-passphrase.sh
+    plexcdn_local_passphrase "$PWD"
     pulumi stack select dev --create --non-interactive
     pulumi preview --non-interactive --diff || {
         echo "plex-cdn setup: the preview needs AWS credentials for the Route53 zone lookup and provider tokens"

@@ -254,7 +254,8 @@ def test_a_slave_on_another_plex_version_is_refused(lab: TranscodeLab) -> None:
 def test_a_working_directory_the_slave_cannot_see_means_local(lab: TranscodeLab) -> None:
     """Shared storage missing on the slave: the guard refuses, and the origin transcodes itself."""
     lab.write_origin_config(["slave1"])
-    private = lab.root / "private"
+    # Inside the shared transcode directory, where Plex's session directories are, but not shared with the slave.
+    private = lab.transcode_dir / "unshared"
     private.mkdir(exist_ok=True)
     out = lab.output_dir("private")
     # A tmpfs only this dispatcher's mount namespace sees, like a transcode directory the slave lacks.

@@ -974,6 +974,11 @@ def test_filter_names_are_read_as_ffmpeg_reads_a_graph() -> None:
     # A quote or escape cannot hide a second filter behind an allowed one's arguments.
     assert dispatcher.filter_names("scale=1:1',movie=/etc/passwd") == ["scale"]
     assert "movie" in dispatcher.filter_names("scale=1:1\\\\,movie=/etc/passwd")
+    # Plex's unescaped ASS overrides belong to inlineass; a lower-case filter after them is a filter again.
+    overrides = "[1]inlineass=overrides=ScaledBorderAndShadow=yes,FontName=Noto Sans,Bold=500:outline=2[2]"
+    assert dispatcher.filter_names(overrides) == ["inlineass"]
+    assert dispatcher.filter_names(overrides + ";[2]movie=/etc/passwd") == ["inlineass", "movie"]
+    assert dispatcher.filter_names("scale=1:1,Bold=500") == ["scale", "Bold"]
 
 
 def test_the_guard_runs_nothing_for_an_ld_preload_header(

@@ -732,10 +732,14 @@ def filter_names(graph: str) -> list[str]:
         current.append(char)
         index += 1
     pieces.append("".join(current))
-    names = []
+    names: list[str] = []
     for piece in pieces:
         text = re.sub(r"^(\s*\[[^\]]*\])*\s*", "", piece)
         name = re.match(r"[A-Za-z0-9_]*", text)
+        # Plex writes inlineass's ASS style overrides unescaped (overrides=Bold=500,FontName=...); its own
+        # filter reads them. ASS keys are capitalised, ffmpeg's filter names never are.
+        if names and names[-1] == "inlineass" and re.match(r"[A-Z][A-Za-z]*=", text):
+            continue
         names.append(name.group(0) if name else "")
     return names
 

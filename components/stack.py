@@ -20,7 +20,7 @@ from components.stack_keys import StackKeys, StackKeysArgs
 from components.transcode import TranscodeSlave, TranscodeSlaveArgs
 from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
 from components.vm import VmAccess
-from plexcdn import agent, topology
+from plexcdn import agent, render, topology
 from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, needs_home_ssh_key
 from plexcdn.cost import estimate
 from plexcdn.library.render import Member
@@ -105,6 +105,7 @@ def build_stack(
         "keys",
         StackKeysArgs(
             stack=config.stack,
+            client_ca_pops=render.client_certificate_pops(config),
             origin_agent_name=agent.tls_name(config) if config.origin.agent else None,
             digitalocean="digitalocean" in vm_providers(config),
         ),
@@ -133,6 +134,8 @@ def build_stack(
                 certbot_access_key_id=certbot.access_key_id,
                 certbot_secret_access_key=certbot.secret_access_key,
                 peer_ca=keys.peer_ca,
+                client_ca=keys.client_cas.get(name),
+                downstream_client_ca_pems=tuple(keys.client_cas[pop].cert_pem for pop in place.downstream),
                 origin_ca=keys.origin_ca,
                 upstream_address=upstream.ipv4 if upstream is not None else None,
                 build_dir=build_dir,
@@ -164,7 +167,9 @@ def build_stack(
                 for hub in topology.hubs(config)
             ],
             agent_certificate=keys.agent_certificate,
-            origin_ca_pem=keys.origin_ca.cert_pem if keys.origin_ca else None,
+            hub_client_ca_pems=tuple(keys.client_cas[hub.name].cert_pem for hub in topology.hubs(config))
+            if config.origin.agent is not None
+            else (),
             origin_ssh_key=home_ssh_key,
         ),
     )

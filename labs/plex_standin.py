@@ -6,8 +6,8 @@ Endpoints (all paths are constants below):
 - `WEBSOCKET_PATH`: Plex's notification socket. Sends a hello on connect, echoes every message, pushes
   on request (`POST /lab/push`, or a `{"lab": "push-after", ...}` message), never pings.
 - `IDENTITY_PATH`: Plex's unauthenticated identity document.
-- `ARTWORK_PATH`: a small deterministic PNG per query (X-Plex-Token excluded) with Cache-Control;
-  every hit is counted, so a cache in front can be observed.
+- `ARTWORK_PATH`: needs X-Plex-Token, as Plex's photo transcoder does; a small deterministic PNG per query
+  (X-Plex-Token excluded) with Cache-Control; every hit is counted, so a cache in front can be observed.
 - `SECTIONS_PATH`: needs X-Plex-Token (query or header), 401 without it.
 - `SLOW_PATH`: a bounded stream at a fixed rate, to hold a connection open across a reload.
 - `STATS_PATH`: counters as JSON (also written to `--stats-file`).
@@ -561,15 +561,23 @@ async def _identity(request: web.Request) -> web.Response:
     )
 
 
-async def _sections(request: web.Request) -> web.Response:
+def _authorized(request: web.Request) -> bool:
     expected = request.app[SETTINGS_KEY].token
     token = request_token(request)
-    if not token or (expected is not None and token != expected):
-        return web.Response(
-            status=401,
-            text="<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>",
-            content_type="text/html",
-        )
+    return bool(token) and (expected is None or token == expected)
+
+
+def _unauthorized() -> web.Response:
+    return web.Response(
+        status=401,
+        text="<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>",
+        content_type="text/html",
+    )
+
+
+async def _sections(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
     return _xml_response(
         '<MediaContainer size="1" allowSync="0" title1="Plex Library">'
         '<Directory key="1" type="movie" title="Lab Movies" agent="tv.plex.agents.movie" scanner="Plex Movie"/>'
@@ -578,6 +586,9 @@ async def _sections(request: web.Request) -> web.Response:
 
 
 async def _artwork(request: web.Request) -> web.Response:
+    # Plex's photo transcoder answers only with a token, whatever the picture's source.
+    if not _authorized(request):
+        return _unauthorized()
     key = artwork_key(request.rel_url.raw_path, request.rel_url.raw_query_string)
     width, height = _side(request, "width"), _side(request, "height")
     hits = request.app[STATS_KEY].hit_artwork(key)

@@ -33,6 +33,8 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 # The certificate lab runs the certbot a POP installs (pinned, in a virtualenv of its own).
 .venv/bin/python -m labs.cert_lab venv >/dev/null
+# The TLS checks run sslyze, pinned, in a virtualenv of its own (its cryptography pin differs from ours).
+.venv/bin/python -m labs.tls_scan venv >/dev/null
 # The private-swarm lab's js-libp2p peers (kubo itself cannot be installed from the package registries).
 # They need Node.js 20 or newer; Debian 12's own is 18, on which the lab reports why it skips.
 if ! command -v npm >/dev/null && command -v apt-get >/dev/null; then

@@ -55,6 +55,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from plexcdn.config import HOME_LAN_RANGES
+
 MEDIA_PATH: Final = "/library/parts/1/file.mkv"
 MEDIA_ROUTE: Final = "/library/parts/{part_id}/{file_name}"
 WEBSOCKET_PATH: Final = "/:/websockets/notifications"
@@ -372,11 +374,12 @@ PREF_DEFINITIONS: Final = (
     PrefDefinition(
         "secureConnections",
         "Secure connections",
-        "How the server handles secure connections.",
+        'When set to "Required", some unencrypted connections (originating from the Media Server computer) will '
+        "still be allowed and apps that don't support secure connections will not be able to connect at all.",
         "int",
         "1",
         advanced=False,
-        enum_values="0:Required|1:Preferred|2:Disabled",
+        enum_values="1:Preferred|0:Required",
     ),
     PrefDefinition(
         "PublishServerOnPlexOnlineKey",
@@ -389,7 +392,14 @@ PREF_DEFINITIONS: Final = (
         advanced=False,
         group="",
     ),
-    PrefDefinition("RelayEnabled", "Enable Relay", "Connections through Plex's relay, bandwidth limited.", "bool", "1"),
+    PrefDefinition(
+        "RelayEnabled",
+        "Enable Relay",
+        "The Relay allows connections to the server through a proxy relay when the server is not accessible "
+        "otherwise.  Note: this proxy relay is bandwidth limited",
+        "bool",
+        "1",
+    ),
     PrefDefinition(
         "LanNetworksBandwidth",
         "LAN Networks",
@@ -565,6 +575,16 @@ def _media_validators(stat: os.stat_result) -> tuple[str, str]:
     return etag, last_modified
 
 
+def on_a_lan(address: str) -> bool:
+    """Whether Plex counts a viewer as local: a home network's address (RFC 1918, CGNAT, ULA) or loopback. The
+    lab's own addresses (198.18.0.0/15) are remote, as the internet's are."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return parsed.is_loopback or any(parsed.version == n.version and parsed in n for n in HOME_LAN_RANGES)
+
+
 def _viewer_address(request: web.BaseRequest) -> str:
     """The viewer's address as Plex takes it: the peer, or the first X-Forwarded-For entry from a private peer."""
     peer = request.remote or ""
@@ -595,10 +615,7 @@ def _record_session(request: web.Request) -> None:
     token = request_token(request)
     user = settings.owner_name if settings.token is None or token == settings.token else "guest"
     address = _viewer_address(request)
-    try:
-        local = ipaddress.ip_address(address).is_private
-    except ValueError:
-        local = False
+    local = on_a_lan(address)
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
     request.app[SESSIONS_KEY].put(
         LabSession(
@@ -1033,7 +1050,7 @@ async def _lab_sessions_add(request: web.Request) -> web.Response:
                     raise ValueError(key)
                 values[name] = value
             if "local" not in values:
-                values["local"] = ipaddress.ip_address(values["address"]).is_private
+                values["local"] = on_a_lan(values["address"])
             request.app[SESSIONS_KEY].put(LabSession(**values))
     except (ValueError, KeyError, TypeError) as error:
         raise web.HTTPBadRequest(text=f"sessions: {error}\n") from None

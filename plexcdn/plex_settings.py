@@ -27,7 +27,7 @@ SESSIONS_PATH: Final = "/status/sessions"
 PREFERENCES_FILE: Final = "Preferences.xml"
 # Preferences the program never sets, whatever a caller asks: each one lets addresses skip Plex's sign-in.
 NEVER_SET: Final = frozenset({"allowednetworks"})
-SECURE_CONNECTIONS_PREFERRED: Final = "1"  # /:/prefs enumValues: 0:Required|1:Preferred|2:Disabled
+SECURE_CONNECTIONS_PREFERRED: Final = "1"  # /:/prefs enumValues: 1:Preferred|0:Required (older: |2:Disabled)
 # Where the script that applies the settings keeps Plex's values from before the first change, on the machine it
 # runs on, for `pulumi destroy` to put back.
 PREVIOUS_FILE: Final = "/var/lib/plex-cdn/plex-settings.previous"

@@ -54,6 +54,7 @@ class EdgePop(pulumi.ComponentResource):
     ipv6: pulumi.Output[str]
     vm_id: pulumi.Output[str]
     connection: command.remote.ConnectionArgs
+    host_key: pulumi.Output[str]  # public: `status` pins it when it reads the POP over SSH
     ready: pulumi.Resource  # the deploy command: the POP serves its config once it has run
 
     def __init__(self, name: str, args: EdgePopArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -79,6 +80,7 @@ class EdgePop(pulumi.ComponentResource):
             parent=self,
         )
         self.ipv4, self.ipv6, self.vm_id, self.connection = vm.ipv4, vm.ipv6, vm.id, vm.connection
+        self.host_key = vm.host_key
 
         # The one client certificate this POP shows upstream (to its upstream POP, or to the origin agent), and
         # the certificate it shows downstream POPs on the peer port.
@@ -176,6 +178,7 @@ class EdgePop(pulumi.ComponentResource):
                 "ipv4": self.ipv4,
                 "ipv6": self.ipv6,
                 "vm_id": self.vm_id,
+                "host_key": self.host_key,
                 "role": place.role,
                 "name": config.pop_name(args.pop),
             }

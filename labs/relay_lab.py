@@ -64,6 +64,7 @@ class RelayLab:
     headers_log: Path = Path()
     origin_port: int = 32400
     origin_ca: LabCA | None = None  # with an origin agent: the stack's origin CA
+    plex_token: str | None = None  # the one token the Plex stand-in accepts (None: any)
 
     @property
     def origin_dir(self) -> Path:
@@ -158,16 +159,25 @@ def _links(config: StackConfig) -> list[tuple[str, str]]:
 
 
 def build(
-    config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MEDIA_MB, link: LinkMaker = veth_link
+    config: StackConfig,
+    root: Path,
+    lab: Lab,
+    media_mb: int = DEFAULT_MEDIA_MB,
+    link: LinkMaker = veth_link,
+    *,
+    plex_token: str | None = None,
 ) -> RelayLab:
-    """Build the lab in `lab`; `link` joins each hop (a veth pair unless a benchmark emulates a WAN)."""
+    """Build the lab in `lab`; `link` joins each hop (a veth pair unless a benchmark emulates a WAN). With
+    `plex_token`, the Plex stand-in accepts that token alone where Plex wants the owner's."""
     if config.origin.link != "public":
         raise LabError("the relay lab runs the public origin link; set origin.link: public in the stack it is given")
     root.mkdir(parents=True, exist_ok=True)
     ca = LabCA.create(root / "ca", "plex-cdn relay lab")
     # The stack's CAs sign leaves directly: the peer port and the agent verify one level deep.
     peer_ca = LabCA.create(root / "peer-ca", "plex-cdn relay lab peer", intermediate=False)
-    relay = RelayLab(config, lab, root, ca, peer_ca, pop_tree.client_cas(config, root / "client-cas"))
+    relay = RelayLab(
+        config, lab, root, ca, peer_ca, pop_tree.client_cas(config, root / "client-cas"), plex_token=plex_token
+    )
     if config.origin.agent is not None:
         relay.origin_ca = LabCA.create(root / "origin-ca", "plex-cdn relay lab origin", intermediate=False)
     relay.origin_port = config.origin.port
@@ -251,6 +261,11 @@ def _start_origin(relay: RelayLab, media_mb: int) -> None:
 
 
 def _start_plex(relay: RelayLab, address: str, tls: list[str]) -> None:
+    if relay.plex_token is not None:
+        token_file = relay.origin_dir / "plex-token"
+        token_file.write_text(relay.plex_token + "\n")
+        token_file.chmod(0o600)
+        tls = [*tls, "--token-file", str(token_file)]
     relay.lab.start(
         "origin",
         [
@@ -316,10 +331,12 @@ def relay_lab(
     media_mb: int = DEFAULT_MEDIA_MB,
     prefix: str = PREFIX,
     link: LinkMaker = veth_link,
+    *,
+    plex_token: str | None = None,
 ) -> Iterator[RelayLab]:
     """Build the lab, yield it, and always tear it down completely."""
     with Lab(prefix) as lab:
-        yield build(config, root, lab, media_mb, link)
+        yield build(config, root, lab, media_mb, link, plex_token=plex_token)
 
 
 def lab_up(stack_file: Path, media_mb: int) -> dict[str, str]:

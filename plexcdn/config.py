@@ -74,13 +74,18 @@ ACME_DIRECTORIES: Final = {
 # them encrypted (`secure:`), so the offline CLI leaves them out instead of calling them unknown.
 # The SSH key `pulumi up` logs in to machines at home with (the Plex server, host transcode slaves).
 HOME_SSH_KEY: Final = "homeSshKey"
-SECRET_KEYS: Final = (HOME_SSH_KEY,)
+# Plex's own token (the server owner's X-Plex-Token), for stacks that do not manage the Plex host: `pulumi up`
+# applies the Plex settings through a hub with it. Where the Plex host is managed, its token never leaves it.
+PLEX_TOKEN: Final = "plexToken"  # noqa: S105 - the setting's name, not a token
+SECRET_KEYS: Final = (HOME_SSH_KEY, PLEX_TOKEN)
 
 HUB_DISTANCE_WARNING_KM: Final = 1500
 # Fewer concurrent streams than this fitting their read-ahead into half a POP's memory is worth a warning.
 STREAM_BUFFER_WARNING_STREAMS: Final = 10
 DEPLOY_FROM_MAX: Final = 20
 DEFAULT_LIBRARY_MOUNT: Final = "/mnt/plex-cdn-library"
+# Where Plex's Debian/Ubuntu package keeps its app data (Preferences.xml, the database, the logs).
+PLEX_APP_DATA_DIR: Final = "/var/lib/plexmediaserver/Library/Application Support/Plex Media Server"
 
 
 class ConfigError(ValueError):
@@ -667,7 +672,7 @@ class TranscodeConfig(Settings):
         Field(
             description="Plex's app data; of it only `Codecs` is shared (read-only), never the files holding the token"
         ),
-    ] = "/var/lib/plexmediaserver/Library/Application Support/Plex Media Server"
+    ] = PLEX_APP_DATA_DIR
     transcode_dir: Annotated[
         str,
         SHARED_PATH,
@@ -1092,6 +1097,79 @@ class LibraryConfig(Settings):
             seen.setdefault(peer.name, peer.role)
 
 
+# Networks whose addresses can be a home LAN: private IPv4 (RFC 1918), carrier-grade NAT and IPv6 unique local
+# addresses. Loopback and link-local are not LANs: with the origin agent, loopback is where the CDN's traffic
+# reaches Plex from.
+HOME_LAN_RANGES: Final = tuple(
+    ipaddress.ip_network(network)
+    for network in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+class PlexServerSettings(Settings):
+    """The Plex server's own settings the CDN needs (docs/plex-settings.md)."""
+
+    apply_settings: Annotated[
+        bool,
+        Boolean(),
+        Field(
+            description="where `pulumi up` manages the Plex host over SSH (origin agent or transcode offload), it "
+            "sets the Plex settings the CDN needs through Plex's local API with the server's own token, reads them "
+            "back, and fails naming any Plex refused. `false`: Plex is left alone; `python -m plexcdn plex-settings` "
+            "prints the values to set"
+        ),
+    ] = True
+    remote_access: Annotated[
+        bool,
+        Boolean(),
+        Field(
+            description="Plex's Remote Access (`PublishServerOnPlexOnlineKey`). `false`: Plex stops publishing your "
+            "home address to plex.tv, so apps find the server at the CDN's URL; `true` keeps a direct path to your "
+            "home that `status` shows as bypassing the CDN"
+        ),
+    ] = False
+    relay: Annotated[
+        bool,
+        Boolean(),
+        Field(
+            description="Plex's Relay (`RelayEnabled`). `false`: apps that cannot reach the CDN fail instead of "
+            "falling back to Plex's relay, capped at 1-2 Mbit/s"
+        ),
+    ] = False
+    lan_networks: Annotated[
+        tuple[Annotated[str, AnyNetwork()], ...],
+        ListOf("a list of your home's private networks such as [192.168.1.0/24]", min_items=0, optional=True),
+        Doc(
+            default="none: left to Plex",
+            valid="a list of private networks (`10/8`, `172.16/12`, `192.168/16`, `100.64/10`, `fc00::/7`), none "
+            "holding a tunnel's address",
+        ),
+        Field(
+            description="Plex's LAN Networks (`LanNetworksBandwidth`): the networks whose viewers Plex treats as "
+            "local for bandwidth limits; everyone else, every viewer of the CDN included, is remote. Empty: Plex's "
+            "own default (the server's subnet) stays"
+        ),
+    ] = ()
+    app_data_dir: Annotated[
+        str,
+        ABSOLUTE_DIR,
+        Doc(default=f"`transcode.appDataDir`, else `{PLEX_APP_DATA_DIR}`"),
+        Field(description="Plex's app data on the Plex host, where its Preferences.xml (and the server's token) is"),
+    ] = ""
+
+    @rule
+    def _lan_networks_are_home_networks(self) -> Iterator[Problem]:
+        for index, text in enumerate(self.lan_networks):
+            network = ipaddress.ip_network(text)
+            if not any(network.version == lan.version and network.subnet_of(lan) for lan in HOME_LAN_RANGES):  # type: ignore[arg-type]
+                yield Problem(
+                    self.loc("lan_networks", index),
+                    f"{text} is not a private network: a LAN network counts its viewers as local, so a public network "
+                    "(a POP's, anyone's) would lift the remote limits for strangers; list your home's private "
+                    "networks, e.g. 192.168.1.0/24",
+                )
+
+
 class StackConfig(Settings):
     domain: Annotated[
         str,
@@ -1137,6 +1215,14 @@ class StackConfig(Settings):
     library: Annotated[
         LibraryConfig | None, Field(description="optional: library sharing with friends (docs/library-sharing.md)")
     ] = None
+    plex: Annotated[
+        PlexServerSettings,
+        Section(),
+        Field(
+            default_factory=PlexServerSettings,
+            description="the Plex server's own settings the CDN needs (docs/plex-settings.md)",
+        ),
+    ]
 
     _stack: str = PrivateAttr(default="")
     _warnings: tuple[str, ...] = PrivateAttr(default=())
@@ -1205,6 +1291,30 @@ class StackConfig(Settings):
                 f"{subnet} overlaps origin.tunnelSubnet ({self.origin.tunnel_subnet}); the Plex server may carry both "
                 "tunnels, so pick another private network",
             )
+
+    @rule
+    def _lan_networks_leave_the_tunnels_out(self) -> Iterator[Problem]:
+        # A tunnel's far end is where the CDN's traffic reaches Plex from: counted as LAN, every viewer would be.
+        tunnels = []
+        if self.origin.link == "wireguard":
+            tunnels.append(("origin.tunnelSubnet", self.origin.tunnel_subnet))
+        if self.transcode is not None and self.transcode.tunnel_subnet is not None:
+            tunnels.append(("transcode.tunnelSubnet", self.transcode.tunnel_subnet))
+        for index, text in enumerate(self.plex.lan_networks):
+            network = ipaddress.ip_network(text)
+            for setting, subnet in tunnels:
+                if network.version == 4 and network.overlaps(subnet):
+                    yield Problem(
+                        self.loc("plex", "lan_networks", index),
+                        f"{text} overlaps {setting} ({subnet}): the hub's requests arrive from there, so every viewer "
+                        "of the CDN would count as local; list your home LAN only",
+                    )
+
+    @property
+    def plex_app_data_dir(self) -> str:
+        if self.plex.app_data_dir:
+            return self.plex.app_data_dir
+        return self.transcode.app_data_dir if self.transcode is not None else PLEX_APP_DATA_DIR
 
     def _completed(self, info: ValidationInfo) -> Self:
         context = info.context if isinstance(info.context, Mapping) else {}
@@ -1335,6 +1445,11 @@ def read_stack_file(path: Path) -> dict[str, object]:
     """The `plex-cdn:` settings of a stack file, namespace stripped; other namespaces (provider tokens) and the
     encrypted secrets are left out."""
     return {key: value for key, value in _stack_file_settings(path).items() if key not in SECRET_KEYS}
+
+
+def secrets_in_stack_file(path: Path) -> frozenset[str]:
+    """The secret settings a stack file holds (encrypted), by key: the offline commands never read their values."""
+    return frozenset(key for key in _stack_file_settings(path) if key in SECRET_KEYS)
 
 
 def needs_home_ssh_key(config: StackConfig) -> bool:

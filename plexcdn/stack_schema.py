@@ -150,6 +150,7 @@ TABLES: Final[tuple[tuple[str, type[Settings], str], ...]] = (
     ("library", config.LibraryConfig, ""),
     ("library.bitswap", config.BitswapSettings, ""),
     ("library.peers", config.LibraryViewerConfig, ""),
+    ("plex", config.PlexServerSettings, ""),
 )
 
 

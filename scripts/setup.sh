@@ -8,7 +8,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     nginx cloud-init wireguard-tools openssl ca-certificates curl
     iproute2 iputils-ping procps psmisc iperf3
-    pebble openssh-server openssh-client ffmpeg shellcheck nftables fuse3 gpg gcc
+    pebble openssh-server openssh-client ffmpeg shellcheck nftables fuse3 gpg gcc strace
     qemu-system-x86 qemu-utils mmdebstrap cloud-image-utils e2fsprogs
 )
 

@@ -244,7 +244,7 @@ def test_the_stack_name_and_warnings_are_not_settings() -> None:
             parse_config(values, "dev")
         assert caught.value.problems == (
             f"{key}: unknown setting; valid settings here: domain, sharedHostname, acme, origin, admin, nginx, pops, "
-            "transcode, library",
+            "transcode, library, plex",
         )
 
 

@@ -7,10 +7,13 @@ from pathlib import Path
 import pulumi
 
 from components.stack import build_stack
+from plexcdn import plex_settings
 from plexcdn.config import (
     HOME_SSH_KEY,
     NAMESPACE,
+    PLEX_TOKEN,
     TOP_LEVEL_KEYS,
+    UNREADABLE,
     ConfigError,
     StackConfig,
     needs_home_ssh_key,
@@ -24,7 +27,12 @@ def read_config() -> StackConfig:
     settings = pulumi.Config(NAMESPACE)
     values: dict[str, object] = {}
     for key, kind in TOP_LEVEL_KEYS.items():
-        value = settings.get(key) if kind == "scalar" else settings.get_object(key)
+        try:
+            value = settings.get(key) if kind == "scalar" else settings.get_object(key)
+        except pulumi.ConfigTypeError:
+            # Malformed JSON, nested past Python's recursion limit, or a number too long to convert: the model
+            # names the setting with everything else.
+            value = UNREADABLE
         if value is not None:
             values[key] = value
     try:
@@ -40,17 +48,29 @@ def read_config() -> StackConfig:
 config = read_config()
 # Read only when something at home is managed over SSH; a secret from here on.
 home_ssh_key = pulumi.Config(NAMESPACE).require_secret(HOME_SSH_KEY) if needs_home_ssh_key(config) else None
-stack = build_stack(config, Path("build") / config.stack, home_ssh_key)
+# Plex's own token: a secret, and only for a Plex host the stack does not manage (its own token is used there).
+plex_token = pulumi.Config(NAMESPACE).get_secret(PLEX_TOKEN)
+for warning in plex_settings.applier_warnings(config, plex_token is not None):
+    pulumi.log.warn(warning)
+if plex_settings.managed_host(config) is not None:
+    plex_token = None
+stack = build_stack(config, Path("build") / config.stack, home_ssh_key, plex_token)
 pulumi.export("sharedUrl", stack.shared_url)
 pulumi.export("plexCustomServerAccessUrl", stack.plex_custom_access_url)
 pulumi.export(
     "pops",
     {
-        name: {"name": pop.name, "role": pop.role, "ipv4": pop.ipv4, "ipv6": pop.ipv6}
+        name: {"name": pop.name, "role": pop.role, "ipv4": pop.ipv4, "ipv6": pop.ipv6, "hostKey": pop.host_key}
         for name, pop in stack.pops.items()
     },
 )
 pulumi.export("originAllowList", stack.origin_allow_list)
+if stack.plex is not None:
+    # The values Plex needs and who applies them; the applying script's lines where pulumi up does.
+    pulumi.export(
+        "plexSettings",
+        {**stack.plex.settings, **({"report": stack.plex.report} if stack.plex.report is not None else {})},
+    )
 pulumi.export(
     "monthlyCostEstimateUsd", {"total": stack.monthly_cost_usd, "pricesAsOf": PRICES_AS_OF, **estimate(config).vms_usd}
 )

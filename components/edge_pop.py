@@ -25,8 +25,10 @@ class EdgePopArgs:
     access: VmAccess
     certbot_access_key_id: pulumi.Output[str]
     certbot_secret_access_key: pulumi.Output[str]
-    peer_ca: CertificateAuthority
-    origin_ca: CertificateAuthority | None  # with an origin agent: hubs get a client certificate from it
+    peer_ca: CertificateAuthority  # signs the peer port's certificate, and is what the upstream POP's must come from
+    client_ca: CertificateAuthority | None  # this POP's own, for its client certificate upstream (None: it shows none)
+    downstream_client_ca_pems: tuple[pulumi.Output[str], ...]  # the client CAs of the POPs that connect to this one
+    origin_ca: CertificateAuthority | None  # with an origin agent: what a hub verifies the agent by
     upstream_address: pulumi.Output[str] | None  # the upstream POP's IPv4; None for a hub
     build_dir: Path  # where the nginx release is written for CopyToRemote, relative to the project
 
@@ -52,6 +54,7 @@ class EdgePop(pulumi.ComponentResource):
     ipv6: pulumi.Output[str]
     vm_id: pulumi.Output[str]
     connection: command.remote.ConnectionArgs
+    host_key: pulumi.Output[str]  # public: `status` pins it when it reads the POP over SSH
     ready: pulumi.Resource  # the deploy command: the POP serves its config once it has run
 
     def __init__(self, name: str, args: EdgePopArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -77,19 +80,22 @@ class EdgePop(pulumi.ComponentResource):
             parent=self,
         )
         self.ipv4, self.ipv6, self.vm_id, self.connection = vm.ipv4, vm.ipv6, vm.id, vm.connection
+        self.host_key = vm.host_key
 
         # The one client certificate this POP shows upstream (to its upstream POP, or to the origin agent), and
         # the certificate it shows downstream POPs on the peer port.
         upstream = render.upstream_of(config, args.pop, render.placeholder_addresses(config))
+        if bool(upstream.client_cert_file) != (args.client_ca is not None):
+            raise ValueError(f"POP {args.pop}: a client CA is needed exactly when its upstream asks for a certificate")
+        if len(args.downstream_client_ca_pems) != len(place.downstream):
+            raise ValueError(f"POP {args.pop}: one client CA is needed per downstream POP {list(place.downstream)}")
+        if upstream.client_cert_file == render.ORIGIN_CLIENT_CERT_FILE and args.origin_ca is None:
+            raise ValueError(f"POP {args.pop}: the origin agent needs the stack's origin CA")
         keys: dict[str, pulumi.Output[str]] = {}
         client: IssuedCertificate | None = None
-        if upstream.client_cert_file == render.PEER_CLIENT_CERT_FILE:
-            client = issue(f"{name}-peer-client", args.peer_ca, config.pop_name(args.pop), parent=self)
-        elif upstream.client_cert_file == render.ORIGIN_CLIENT_CERT_FILE:
-            if args.origin_ca is None:
-                raise ValueError(f"POP {args.pop}: the origin agent needs the stack's origin CA")
-            client = issue(f"{name}-origin-client", args.origin_ca, config.pop_name(args.pop), parent=self)
-        if client is not None:
+        if args.client_ca is not None:
+            role = "peer-client" if upstream.client_cert_file == render.PEER_CLIENT_CERT_FILE else "origin-client"
+            client = issue(f"{name}-{role}", args.client_ca, config.pop_name(args.pop), parent=self)
             keys[upstream.client_key_file] = client.private_key_pem
         server: IssuedCertificate | None = None
         if place.downstream:
@@ -107,7 +113,7 @@ class EdgePop(pulumi.ComponentResource):
         origin_ca_pem = args.origin_ca.cert_pem if args.origin_ca else empty
 
         def write(values: list[str]) -> tuple[str, str]:
-            address, peer_ca_pem, agent_ca_pem, client_cert_pem, server_cert_pem = values
+            address, peer_ca_pem, agent_ca_pem, client_cert_pem, server_cert_pem, *downstream_cas = values
             addresses = {place.pop.upstream: address} if address else None
             certificates = render.PeerCertificates(
                 ca_pem=peer_ca_pem,
@@ -115,6 +121,7 @@ class EdgePop(pulumi.ComponentResource):
                 server_cert_pem=server_cert_pem or render.PLACEHOLDER_PEER_SERVER_CERT,
                 origin_ca_pem=agent_ca_pem or render.PLACEHOLDER_ORIGIN_CA,
                 origin_client_cert_pem=client_cert_pem or render.PLACEHOLDER_ORIGIN_CLIENT_CERT,
+                client_cas_pem="".join(downstream_cas) or render.PLACEHOLDER_PEER_CLIENT_CAS,
             )
             release = render.pop_release(config, args.pop, addresses=addresses, peer=certificates)
             release_dir = render.write_release(release, args.build_dir / args.pop)
@@ -126,6 +133,7 @@ class EdgePop(pulumi.ComponentResource):
             origin_ca_pem,
             client.cert_pem if client else empty,
             server.cert_pem if server else empty,
+            *args.downstream_client_ca_pems,
         ).apply(write)
 
         # First boot waits for these before it asks for the certificate; a rotated key changes the command.
@@ -170,6 +178,7 @@ class EdgePop(pulumi.ComponentResource):
                 "ipv4": self.ipv4,
                 "ipv6": self.ipv6,
                 "vm_id": self.vm_id,
+                "host_key": self.host_key,
                 "role": place.role,
                 "name": config.pop_name(args.pop),
             }

@@ -31,10 +31,10 @@ class Hub:
 class OriginLinkArgs:
     config: StackConfig
     hubs: Sequence[Hub]
-    # With an origin agent: the agent's server certificate, the CA the hubs verify it by, and the SSH key
-    # that reaches the Plex host.
+    # With an origin agent: the agent's server certificate, the client CAs of the hubs (the agent accepts a
+    # certificate from those alone), and the SSH key that reaches the Plex host.
     agent_certificate: IssuedCertificate | None = None
-    origin_ca_pem: pulumi.Output[str] | None = None
+    hub_client_ca_pems: tuple[pulumi.Output[str], ...] = ()
     origin_ssh_key: pulumi.Output[str] | None = None
 
 
@@ -48,12 +48,12 @@ class OriginLink(pulumi.ComponentResource):
         config = args.config
         if config.origin.link == "wireguard" and len(args.hubs) != 1:
             raise ValueError("a WireGuard origin link has exactly one hub")
-        if config.origin.agent is not None and None in (
-            args.agent_certificate,
-            args.origin_ca_pem,
-            args.origin_ssh_key,
+        if config.origin.agent is not None and (
+            None in (args.agent_certificate, args.origin_ssh_key) or len(args.hub_client_ca_pems) != len(args.hubs)
         ):
-            raise ValueError("an origin agent needs its certificate, the origin CA and the SSH key of the Plex host")
+            raise ValueError(
+                "an origin agent needs its certificate, each hub's client CA and the SSH key of the Plex host"
+            )
         super().__init__("plex-cdn:origin_link:OriginLink", name, None, opts)
         self.custom_access_url = pulumi.Output.from_input(config.plex_custom_access_url)
         self.home_wireguard_config = None
@@ -105,9 +105,9 @@ class OriginLink(pulumi.ComponentResource):
         self, name: str, config: StackConfig, args: OriginLinkArgs, hub_addresses: pulumi.Output[list[str]]
     ) -> pulumi.Output[str]:
         settings = agent.require_agent(config)
-        assert args.agent_certificate is not None and args.origin_ca_pem is not None
-        assert args.origin_ssh_key is not None
-        install = pulumi.Output.all(args.agent_certificate.cert_pem, args.origin_ca_pem, hub_addresses).apply(
+        assert args.agent_certificate is not None and args.origin_ssh_key is not None
+        hub_client_cas = pulumi.Output.all(*args.hub_client_ca_pems).apply("".join)
+        install = pulumi.Output.all(args.agent_certificate.cert_pem, hub_client_cas, hub_addresses).apply(
             lambda values: agent.install_script(config, agent.AgentCertificates(values[0], values[1]), values[2])
         )
         command.remote.Command(

@@ -1,8 +1,15 @@
 """Certificate authorities the stack keeps for itself, and the certificates they sign.
 
-The peer CA signs each edge's client certificate for its upstream POP; the origin CA (with an origin
-agent) signs the agent's server certificate and each hub's client certificate for it. Private keys
-are Pulumi secrets from the moment they exist.
+The peer CA signs each POP's server certificate for its peer port; the origin CA (with an origin agent)
+signs the agent's server certificate. Every POP that shows a client certificate upstream (each edge to its
+upstream POP, each hub to the origin agent) has a client CA of its own that signs that one certificate,
+and whoever it connects to trusts exactly the client CAs of the POPs allowed to connect: a POP's
+credentials are retired by dropping its CA, without touching anyone else's. Private keys are Pulumi
+secrets from the moment they exist.
+
+Leaves live a year at most (Mozilla's guidelines allow 366 days) and are reissued by the first `pulumi up`
+in their last 90 days: pulumi-tls plans a replacement once a certificate is within `early_renewal_hours`
+of its end (`ready_for_renewal`), and the new certificate changes the release that carries it.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import pulumi_tls as tls
 from components.outputs import secret
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
-LEAF_VALIDITY_HOURS = 5 * 365 * 24
-LEAF_EARLY_RENEWAL_HOURS = 30 * 24
+CA_EARLY_RENEWAL_HOURS = 365 * 24
+LEAF_VALIDITY_HOURS = 365 * 24
+LEAF_EARLY_RENEWAL_HOURS = 90 * 24
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ def create_ca(name: str, common_name: str, parent: pulumi.Resource) -> Certifica
         # Leaves only: nginx checks these chains one level deep.
         max_path_length=0,
         validity_period_hours=CA_VALIDITY_HOURS,
+        early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
         allowed_uses=["cert_signing", "crl_signing"],
         subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization="plex-cdn"),
         opts=child,

@@ -16,11 +16,12 @@ from components.latency_dns import LatencyDns, LatencyDnsArgs
 from components.library_peer import LibraryPeer, LibraryPeerArgs
 from components.library_swarm import LibrarySwarm, LibrarySwarmArgs
 from components.origin_link import Hub, OriginLink, OriginLinkArgs
+from components.plex_settings import PlexSettings, PlexSettingsArgs
 from components.stack_keys import StackKeys, StackKeysArgs
 from components.transcode import TranscodeSlave, TranscodeSlaveArgs
 from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
 from components.vm import VmAccess
-from plexcdn import agent, topology
+from plexcdn import agent, plex_settings, render, topology
 from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, needs_home_ssh_key
 from plexcdn.cost import estimate
 from plexcdn.library.render import Member
@@ -32,6 +33,14 @@ class PopOutputs:
     role: str
     ipv4: pulumi.Output[str]
     ipv6: pulumi.Output[str]
+    host_key: pulumi.Output[str]  # public; `python -m plexcdn status` pins it
+
+
+@dataclass(frozen=True)
+class PlexSettingsOutputs:
+    applied_by: plex_settings.Applier
+    settings: dict[str, object]  # the `plexSettings` output: who applies which value
+    report: pulumi.Output[str] | None  # the applying script's lines, when pulumi up applies them
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class StackOutputs:
     agent_firewall_rules: pulumi.Output[str] | None
     transcode: TranscodeOutputs | None = None
     library: LibraryOutputs | None = None
+    plex: PlexSettingsOutputs | None = None
 
 
 def vm_providers(config: StackConfig) -> set[str]:
@@ -93,9 +103,11 @@ def build_stack(
     config: StackConfig,
     build_dir: Path,
     home_ssh_key: pulumi.Output[str] | None = None,
+    plex_token: pulumi.Output[str] | None = None,
 ) -> StackOutputs:
     """The whole graph. `home_ssh_key` (a secret, plex-cdn:homeSshKey) logs in to the Plex server for the
-    origin agent and transcode offload, and to the host transcode slaves."""
+    origin agent and transcode offload, and to the host transcode slaves. `plex_token` (a secret,
+    plex-cdn:plexToken) lets a hub apply Plex's settings where the Plex host is not managed."""
     if needs_home_ssh_key(config) and home_ssh_key is None:
         raise ValueError(
             f"{NAMESPACE}:{HOME_SSH_KEY} is needed: the SSH key for the machines the stack manages but does not create"
@@ -105,6 +117,7 @@ def build_stack(
         "keys",
         StackKeysArgs(
             stack=config.stack,
+            client_ca_pops=render.client_certificate_pops(config),
             origin_agent_name=agent.tls_name(config) if config.origin.agent else None,
             digitalocean="digitalocean" in vm_providers(config),
         ),
@@ -133,6 +146,8 @@ def build_stack(
                 certbot_access_key_id=certbot.access_key_id,
                 certbot_secret_access_key=certbot.secret_access_key,
                 peer_ca=keys.peer_ca,
+                client_ca=keys.client_cas.get(name),
+                downstream_client_ca_pems=tuple(keys.client_cas[pop].cert_pem for pop in place.downstream),
                 origin_ca=keys.origin_ca,
                 upstream_address=upstream.ipv4 if upstream is not None else None,
                 build_dir=build_dir,
@@ -153,7 +168,7 @@ def build_stack(
                 serving=pop.ready,
             ),
         )
-        outputs[name] = PopOutputs(config.pop_name(name), place.role, pop.ipv4, pop.ipv6)
+        outputs[name] = PopOutputs(config.pop_name(name), place.role, pop.ipv4, pop.ipv6, pop.host_key)
 
     link = OriginLink(
         "origin",
@@ -164,7 +179,9 @@ def build_stack(
                 for hub in topology.hubs(config)
             ],
             agent_certificate=keys.agent_certificate,
-            origin_ca_pem=keys.origin_ca.cert_pem if keys.origin_ca else None,
+            hub_client_ca_pems=tuple(keys.client_cas[hub.name].cert_pem for hub in topology.hubs(config))
+            if config.origin.agent is not None
+            else (),
             origin_ssh_key=home_ssh_key,
         ),
     )
@@ -174,6 +191,7 @@ def build_stack(
         else None
     )
     library = _build_library(config, access, home_ssh_key) if config.library is not None else None
+    plex = _build_plex_settings(config, pops, link, home_ssh_key, plex_token)
     return StackOutputs(
         shared_url=config.shared_url,
         plex_custom_access_url=config.plex_custom_access_url,
@@ -185,7 +203,42 @@ def build_stack(
         certbot_policy_json=certbot.policy_json,
         transcode=transcode,
         library=library,
+        plex=plex,
     )
+
+
+def _build_plex_settings(
+    config: StackConfig,
+    pops: dict[str, EdgePop],
+    link: OriginLink,
+    home_ssh_key: pulumi.Output[str] | None,
+    plex_token: pulumi.Output[str] | None,
+) -> PlexSettingsOutputs:
+    """Plex's own settings, applied once every POP serves: on the managed Plex host, or through the first hub
+    with plex-cdn:plexToken; otherwise only described in the `plexSettings` output."""
+    applied_by = plex_settings.applier(config, plex_token is not None)
+    if applied_by == "plex-host" and home_ssh_key is None:
+        applied_by = "none"
+    settings = plex_settings.settings_output(config, applied_by)
+    if applied_by == "none":
+        return PlexSettingsOutputs(applied_by, settings, None)
+    addresses = pulumi.Output.all(
+        *(pulumi.Output.all(name, address) for name, pop in pops.items() for address in (pop.ipv4, pop.ipv6))
+    ).apply(lambda pairs: [(str(pair[0]), str(pair[1])) for pair in pairs])
+    hub = pops[topology.hubs(config)[0].name]
+    component = PlexSettings(
+        "plex-settings",
+        PlexSettingsArgs(
+            config=config,
+            pop_addresses=addresses,
+            serving=[pop.ready for pop in pops.values()],
+            plex_host_ssh_key=home_ssh_key if applied_by == "plex-host" else None,
+            hub_connection=hub.connection if applied_by == "hub" else None,
+            plex_token=plex_token if applied_by == "hub" else None,
+        ),
+        opts=pulumi.ResourceOptions(depends_on=[link]),
+    )
+    return PlexSettingsOutputs(applied_by, settings, component.report)
 
 
 def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output[str]) -> TranscodeOutputs:

@@ -1,6 +1,7 @@
 """Keys the stack makes for itself: the SSH deploy key pulumi-command connects with (and its copy in the
-DigitalOcean account, when the stack has Droplets), the peer CA that signs the POPs' certificates for their
-hops to each other, and, with an origin agent, the origin CA and the agent's certificate."""
+DigitalOcean account, when the stack has Droplets), the peer CA that signs the POPs' peer port certificates,
+a client CA for each POP that shows a client certificate upstream, and, with an origin agent, the origin CA
+and the agent's certificate."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from components.pki import CertificateAuthority, IssuedCertificate, create_ca, i
 @dataclass(frozen=True)
 class StackKeysArgs:
     stack: str
+    client_ca_pops: tuple[str, ...] = ()  # POPs that show a client certificate upstream: one CA each
     origin_agent_name: str | None = None  # the name the agent's certificate carries, when there is an agent
     digitalocean: bool = False  # the stack makes Droplets: DigitalOcean needs the deploy key in the account
 
@@ -26,6 +28,7 @@ class StackKeys(pulumi.ComponentResource):
     deploy_private_key: pulumi.Output[str]
     digitalocean_ssh_key_fingerprint: pulumi.Output[str] | None
     peer_ca: CertificateAuthority
+    client_cas: dict[str, CertificateAuthority]
     origin_ca: CertificateAuthority | None
     agent_certificate: IssuedCertificate | None
 
@@ -47,6 +50,10 @@ class StackKeys(pulumi.ComponentResource):
             )
             self.digitalocean_ssh_key_fingerprint = account_key.fingerprint
         self.peer_ca = create_ca(f"{name}-peer-ca", f"plex-cdn {args.stack} peer CA", self)
+        self.client_cas = {
+            pop: create_ca(f"{name}-{pop}-client-ca", f"plex-cdn {args.stack} {pop} client CA", self)
+            for pop in args.client_ca_pops
+        }
         self.origin_ca = None
         self.agent_certificate = None
         if args.origin_agent_name is not None:
@@ -63,6 +70,7 @@ class StackKeys(pulumi.ComponentResource):
                 "deploy_public_key": self.deploy_public_key,
                 "digitalocean_ssh_key_fingerprint": self.digitalocean_ssh_key_fingerprint,
                 "peer_ca_cert_pem": self.peer_ca.cert_pem,
+                "client_ca_cert_pems": {pop: ca.cert_pem for pop, ca in self.client_cas.items()},
                 "origin_ca_cert_pem": self.origin_ca.cert_pem if self.origin_ca else None,
             }
         )

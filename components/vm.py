@@ -63,6 +63,7 @@ class Vm:
     ipv4: pulumi.Output[str]
     ipv6: pulumi.Output[str]
     connection: command.remote.ConnectionArgs  # as root with the deploy key, the VM's host key pinned
+    host_key: pulumi.Output[str]  # the VM's SSH host public key ("ssh-ed25519 AAAA..."), pinned by every client
 
 
 def _by_family(sources: Sequence[str]) -> tuple[list[str] | None, list[str] | None]:
@@ -97,7 +98,9 @@ def create_vm(spec: VmSpec, access: VmAccess, parent: pulumi.Resource) -> Vm:
         resource, ipv4, ipv6 = _linode(spec, image, user_data, access, parent)
     else:
         raise ValueError(f"no VM adapter for provider {spec.provider!r}")
-    return Vm(resource, resource.id, ipv4, ipv6, to_new_vm(ipv4, access.deploy_private_key, host_public_key))
+    return Vm(
+        resource, resource.id, ipv4, ipv6, to_new_vm(ipv4, access.deploy_private_key, host_public_key), host_public_key
+    )
 
 
 VmParts = tuple[pulumi.CustomResource, pulumi.Output[str], pulumi.Output[str]]

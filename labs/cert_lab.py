@@ -31,6 +31,7 @@ import base64
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -110,9 +111,14 @@ def _log(message: str) -> None:
 # --- the certbot venv ---------------------------------------------------------------------------------
 
 
+def lock_digest() -> str:
+    """Which lock a venv was installed from: a new lock is a new venv."""
+    return hashlib.sha256(render.CERTBOT_LOCK.read_bytes()).hexdigest()[:12]
+
+
 def certbot_venv_path(version: str = render.CERTBOT_VERSION) -> Path:
     override = os.environ.get(CERTBOT_VENV_VARIABLE)
-    return Path(override) if override else CACHE_DIR / f"certbot-{version}"
+    return Path(override) if override else CACHE_DIR / f"certbot-{version}-{lock_digest()}"
 
 
 def _base_python() -> str:
@@ -120,16 +126,15 @@ def _base_python() -> str:
     return "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 
 
-def certbot_venv_commands(path: Path, version: str = render.CERTBOT_VERSION) -> list[list[str]]:
-    """The same two steps as the POP's runcmd, with the lab's venv path."""
+def certbot_venv_commands(path: Path, lock: Path = render.CERTBOT_LOCK) -> list[list[str]]:
+    """The same two steps as the POP's first boot, with the lab's venv path and the same lock: pip takes only the
+    wheels whose hashes it names. --isolated: from PyPI as a POP installs, not through this machine's pip settings."""
     return [
         [_base_python(), "-m", "venv", str(path)],
         [
             str(path / "bin" / "pip"),
-            "install",
-            "--disable-pip-version-check",
-            f"certbot=={version}",
-            f"certbot-dns-route53=={version}",
+            *("install", "--isolated", "--disable-pip-version-check", "--no-cache-dir"),
+            *("--require-hashes", "--only-binary", ":all:", "-r", str(lock)),
         ],
     ]
 
@@ -165,7 +170,7 @@ def ensure_certbot_venv(path: Path | None = None, version: str = render.CERTBOT_
         if certbot_venv_versions(path) == (version, version):
             return path
         shutil.rmtree(path, ignore_errors=True)
-        for command in certbot_venv_commands(path, version):
+        for command in certbot_venv_commands(path):
             _log("running " + " ".join(command))
             result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
             if result.returncode != 0:

@@ -6,11 +6,17 @@ Endpoints (all paths are constants below):
 - `WEBSOCKET_PATH`: Plex's notification socket. Sends a hello on connect, echoes every message, pushes
   on request (`POST /lab/push`, or a `{"lab": "push-after", ...}` message), never pings.
 - `IDENTITY_PATH`: Plex's unauthenticated identity document.
-- `ARTWORK_PATH`: a small deterministic PNG per query (X-Plex-Token excluded) with Cache-Control;
-  every hit is counted, so a cache in front can be observed.
+- `ARTWORK_PATH`: needs X-Plex-Token, as Plex's photo transcoder does; a small deterministic PNG per query
+  (X-Plex-Token excluded) with Cache-Control; every hit is counted, so a cache in front can be observed.
 - `SECTIONS_PATH`: needs X-Plex-Token (query or header), 401 without it.
 - `SLOW_PATH`: a bounded stream at a fixed rate, to hold a connection open across a reload.
 - `STATS_PATH`: counters as JSON (also written to `--stats-file`).
+- `PREFS_PATH`: Plex's preferences (`GET`, XML or JSON with `Accept: application/json`; `PUT ?<id>=<value>`), the
+  owner's token required; a preference named in `refused_prefs` is refused with 400, as Plex refuses a value.
+- `SESSIONS_PATH`: Plex's current sessions (XML or JSON), the owner's token required. A media request carrying
+  `X-Plex-Client-Identifier` starts or refreshes the session of that client: its address is the peer's, or the
+  first `X-Forwarded-For` entry when the peer is private (Plex trusts the header only from a private address).
+  `LAB_SESSIONS_PATH` adds sessions (`POST`, a JSON list) and clears them (`DELETE`).
 
 Every request is appended to the headers log as one JSON line with exactly what arrived, tokens
 included: the lab checks what reached the origin, so the log is created 0600. Nothing this module
@@ -49,6 +55,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from plexcdn.config import HOME_LAN_RANGES
+
 MEDIA_PATH: Final = "/library/parts/1/file.mkv"
 MEDIA_ROUTE: Final = "/library/parts/{part_id}/{file_name}"
 WEBSOCKET_PATH: Final = "/:/websockets/notifications"
@@ -58,6 +66,10 @@ SECTIONS_PATH: Final = "/library/sections"
 SLOW_PATH: Final = "/lab/slow"
 PUSH_PATH: Final = "/lab/push"
 STATS_PATH: Final = "/lab/stats"
+PREFS_PATH: Final = "/:/prefs"
+SESSIONS_PATH: Final = "/status/sessions"
+LAB_SESSIONS_PATH: Final = "/lab/sessions"
+CLIENT_ID_HEADER: Final = "X-Plex-Client-Identifier"
 
 TOKEN_NAME: Final = "X-Plex-Token"  # noqa: S105 - the parameter's name, not a token
 DEFAULT_MACHINE_IDENTIFIER: Final = "6c61626f726967696e706c65786364e5c0ffee42"
@@ -75,6 +87,9 @@ SLOW_PATTERN_PERIOD: Final = 251
 PUSH_AFTER_MAX_SECONDS: Final = 3600.0
 STATS_FILE_INTERVAL: Final = 0.1
 WEBSOCKET_CLOSE_TIMEOUT: Final = 2.0  # how long a shutdown waits for a client's close frame
+SESSION_IDLE_SECONDS: Final = 600.0  # a session without a request for this long has ended
+SESSION_BITRATE_KBPS: Final = 20000
+DEFAULT_OWNER_NAME: Final = "lab-owner"
 
 _log = logging.getLogger("labs.plex_standin")
 
@@ -270,6 +285,9 @@ class OriginSettings:
     version: str = DEFAULT_VERSION
     artwork_cache_control: str = DEFAULT_ARTWORK_CACHE_CONTROL
     stats_file: Path | None = None
+    refused_prefs: frozenset[str] = frozenset()  # PUTs of these are answered 400 and change nothing
+    initial_prefs: tuple[tuple[str, str], ...] = ()  # values other than Plex's defaults at start
+    owner_name: str = DEFAULT_OWNER_NAME
 
 
 @dataclass
@@ -324,11 +342,166 @@ class OriginStats:
             }
 
 
+# --- preferences and sessions --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefDefinition:
+    """One preference as /:/prefs describes it (ids, labels, types and defaults as Plex lists them)."""
+
+    id: str
+    label: str
+    summary: str
+    type: str  # text | int | bool
+    default: str
+    hidden: bool = False
+    advanced: bool = True
+    group: str = "network"
+    enum_values: str = ""
+
+
+PREF_DEFINITIONS: Final = (
+    PrefDefinition(
+        "FriendlyName", "Friendly name", "This name identifies this media server.", "text", "", False, False, "general"
+    ),
+    PrefDefinition(
+        "customConnections",
+        "Custom server access URLs",
+        "A comma-separated list of URLs (http or https) which are published up to plex.tv for server discovery.",
+        "text",
+        "",
+    ),
+    PrefDefinition(
+        "secureConnections",
+        "Secure connections",
+        'When set to "Required", some unencrypted connections (originating from the Media Server computer) will '
+        "still be allowed and apps that don't support secure connections will not be able to connect at all.",
+        "int",
+        "1",
+        advanced=False,
+        enum_values="1:Preferred|0:Required",
+    ),
+    PrefDefinition(
+        "PublishServerOnPlexOnlineKey",
+        "Publish server on Plex Online",
+        "Publishing a server makes it automatically available on your client devices without any configuration of "
+        "your router.",
+        "bool",
+        "0",
+        hidden=True,
+        advanced=False,
+        group="",
+    ),
+    PrefDefinition(
+        "RelayEnabled",
+        "Enable Relay",
+        "The Relay allows connections to the server through a proxy relay when the server is not accessible "
+        "otherwise.  Note: this proxy relay is bandwidth limited",
+        "bool",
+        "1",
+    ),
+    PrefDefinition(
+        "LanNetworksBandwidth",
+        "LAN Networks",
+        "Comma separated list of IP addresses or IP/netmask entries for networks that will be considered to be on "
+        "the local network when enforcing bandwidth restrictions.",
+        "text",
+        "",
+    ),
+    PrefDefinition(
+        "allowedNetworks",
+        "List of IP addresses and networks that are allowed without auth",
+        "Comma separated list of IP addresses or IP/netmask entries for networks that are allowed to access Plex "
+        "Media Server without logging in.",
+        "text",
+        "",
+    ),
+    PrefDefinition("customCertificateKey", "Custom certificate encryption key", "", "text", ""),
+)
+
+
+def _pref_value(definition: PrefDefinition, raw: str) -> str:
+    """A PUT value as the stand-in stores it (bools as 1/0, ints as digits); ValueError when Plex would refuse it."""
+    if definition.type == "bool":
+        lowered = raw.lower()
+        if lowered in ("1", "true"):
+            return "1"
+        if lowered in ("0", "false"):
+            return "0"
+        raise ValueError(raw)
+    if definition.type == "int":
+        number = int(raw)
+        if definition.enum_values and str(number) not in [v.split(":")[0] for v in definition.enum_values.split("|")]:
+            raise ValueError(raw)
+        return str(number)
+    return raw
+
+
+class PrefsState:
+    """Plex's preferences as one server holds them, changed only by PUTs."""
+
+    def __init__(self, initial: tuple[tuple[str, str], ...]) -> None:
+        self.lock = threading.Lock()
+        self.definitions = {definition.id: definition for definition in PREF_DEFINITIONS}
+        self.values = {definition.id: definition.default for definition in PREF_DEFINITIONS}
+        for name, value in initial:
+            self.values[name] = _pref_value(self.definitions[name], value)
+        self.puts: list[str] = []  # the names every PUT asked to change, in order
+
+    def get(self, name: str) -> str:
+        with self.lock:
+            return self.values[name]
+
+    def settings(self) -> list[tuple[PrefDefinition, str]]:
+        with self.lock:
+            return [(definition, self.values[definition.id]) for definition in PREF_DEFINITIONS]
+
+
+@dataclass
+class LabSession:
+    client_id: str
+    user: str
+    address: str
+    product: str
+    platform: str
+    device: str
+    local: bool
+    secure: bool
+    relayed: bool = False
+    transcode: bool = False
+    bitrate_kbps: int = SESSION_BITRATE_KBPS
+    title: str = "Lab Movie"
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class SessionsState:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sessions: dict[str, LabSession] = {}
+
+    def put(self, session: LabSession) -> None:
+        with self.lock:
+            self.sessions[session.client_id] = session
+
+    def current(self) -> list[LabSession]:
+        now = time.monotonic()
+        with self.lock:
+            for key in [k for k, v in self.sessions.items() if now - v.last_seen > SESSION_IDLE_SECONDS]:
+                del self.sessions[key]
+            return list(self.sessions.values())
+
+    def clear(self) -> None:
+        with self.lock:
+            self.sessions.clear()
+
+
 SETTINGS_KEY: Final = web.AppKey("settings", OriginSettings)
 STATS_KEY: Final = web.AppKey("stats", OriginStats)
 SOCKETS_KEY: Final = web.AppKey[set[web.WebSocketResponse]]("sockets")
 HEADERS_LOG_FD_KEY: Final = web.AppKey("headers_log_fd", int)
 PUSH_SEQUENCE_KEY: Final = web.AppKey("push_sequence", list[int])
+PREFS_KEY: Final = web.AppKey("prefs", PrefsState)
+SESSIONS_KEY: Final = web.AppKey("sessions", SessionsState)
 
 # --- request log ---------------------------------------------------------------------------------
 
@@ -402,9 +575,66 @@ def _media_validators(stat: os.stat_result) -> tuple[str, str]:
     return etag, last_modified
 
 
+def on_a_lan(address: str) -> bool:
+    """Whether Plex counts a viewer as local: a home network's address (RFC 1918, CGNAT, ULA) or loopback. The
+    lab's own addresses (198.18.0.0/15) are remote, as the internet's are."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return parsed.is_loopback or any(parsed.version == n.version and parsed in n for n in HOME_LAN_RANGES)
+
+
+def _viewer_address(request: web.BaseRequest) -> str:
+    """The viewer's address as Plex takes it: the peer, or the first X-Forwarded-For entry from a private peer."""
+    peer = request.remote or ""
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+    try:
+        trusted = ipaddress.ip_address(peer).is_private
+        if forwarded and trusted:
+            ipaddress.ip_address(forwarded)
+            return forwarded
+    except ValueError:
+        pass
+    return peer
+
+
+def _query_value(request: web.BaseRequest, name: str) -> str:
+    for key, value in _query_pairs(request.rel_url.raw_query_string):
+        if key.lower() == name.lower():
+            return value
+    return ""
+
+
+def _record_session(request: web.Request) -> None:
+    """A media request from a client that names itself starts or refreshes that client's session."""
+    client_id = request.headers.get(CLIENT_ID_HEADER) or _query_value(request, CLIENT_ID_HEADER)
+    if not client_id:
+        return
+    settings = request.app[SETTINGS_KEY]
+    token = request_token(request)
+    user = settings.owner_name if settings.token is None or token == settings.token else "guest"
+    address = _viewer_address(request)
+    local = on_a_lan(address)
+    secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+    request.app[SESSIONS_KEY].put(
+        LabSession(
+            client_id=client_id,
+            user=user,
+            address=address,
+            product=request.headers.get("X-Plex-Product", "Plex Web"),
+            platform=request.headers.get("X-Plex-Platform", "Chrome"),
+            device=request.headers.get("X-Plex-Device-Name", "lab viewer"),
+            local=local,
+            secure=secure,
+        )
+    )
+
+
 async def _media(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     stats = request.app[STATS_KEY]
+    _record_session(request)
     stat = settings.media.stat()
     size = stat.st_size
     etag, last_modified = _media_validators(stat)
@@ -561,15 +791,23 @@ async def _identity(request: web.Request) -> web.Response:
     )
 
 
-async def _sections(request: web.Request) -> web.Response:
+def _authorized(request: web.Request) -> bool:
     expected = request.app[SETTINGS_KEY].token
     token = request_token(request)
-    if not token or (expected is not None and token != expected):
-        return web.Response(
-            status=401,
-            text="<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>",
-            content_type="text/html",
-        )
+    return bool(token) and (expected is None or token == expected)
+
+
+def _unauthorized() -> web.Response:
+    return web.Response(
+        status=401,
+        text="<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>",
+        content_type="text/html",
+    )
+
+
+async def _sections(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
     return _xml_response(
         '<MediaContainer size="1" allowSync="0" title1="Plex Library">'
         '<Directory key="1" type="movie" title="Lab Movies" agent="tv.plex.agents.movie" scanner="Plex Movie"/>'
@@ -578,6 +816,9 @@ async def _sections(request: web.Request) -> web.Response:
 
 
 async def _artwork(request: web.Request) -> web.Response:
+    # Plex's photo transcoder answers only with a token, whatever the picture's source.
+    if not _authorized(request):
+        return _unauthorized()
     key = artwork_key(request.rel_url.raw_path, request.rel_url.raw_query_string)
     width, height = _side(request, "width"), _side(request, "height")
     hits = request.app[STATS_KEY].hit_artwork(key)
@@ -641,6 +882,197 @@ async def _slow(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _owner_only(request: web.Request) -> web.Response | None:
+    """Plex's preferences and sessions need the server owner's token: 401 otherwise."""
+    expected = request.app[SETTINGS_KEY].token
+    token = request_token(request)
+    if not token or (expected is not None and token != expected):
+        return web.Response(
+            status=401, text="<html><body><h1>401 Unauthorized</h1></body></html>", content_type="text/html"
+        )
+    return None
+
+
+def _wants_json(request: web.Request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _typed(definition: PrefDefinition, value: str) -> object:
+    if definition.type == "bool":
+        return value == "1"
+    if definition.type == "int":
+        return int(value)
+    return value
+
+
+async def _prefs_get(request: web.Request) -> web.Response:
+    refusal = _owner_only(request)
+    if refusal is not None:
+        return refusal
+    settings = request.app[PREFS_KEY].settings()
+    if _wants_json(request):
+        entries = []
+        for definition, value in settings:
+            entry: dict[str, object] = {
+                "id": definition.id,
+                "label": definition.label,
+                "summary": definition.summary,
+                "type": definition.type,
+                "default": _typed(definition, definition.default),
+                "value": _typed(definition, value),
+                "hidden": definition.hidden,
+                "advanced": definition.advanced,
+                "group": definition.group,
+            }
+            if definition.enum_values:
+                entry["enumValues"] = definition.enum_values
+            entries.append(entry)
+        return web.json_response({"MediaContainer": {"size": len(entries), "Setting": entries}})
+    lines = [f'<MediaContainer size="{len(settings)}">']
+    for definition, value in settings:
+        enum = f' enumValues="{_quote_attr(definition.enum_values)}"' if definition.enum_values else ""
+        lines.append(
+            f'<Setting id="{definition.id}" label="{_quote_attr(definition.label)}" '
+            f'summary="{_quote_attr(definition.summary)}" type="{definition.type}" '
+            f'default="{_quote_attr(definition.default)}" value="{_quote_attr(value)}" '
+            f'hidden="{int(definition.hidden)}" advanced="{int(definition.advanced)}" '
+            f'group="{definition.group}"{enum} />'
+        )
+    lines.append("</MediaContainer>")
+    return _xml_response("\n".join(lines))
+
+
+async def _prefs_put(request: web.Request) -> web.Response:
+    refusal = _owner_only(request)
+    if refusal is not None:
+        return refusal
+    state = request.app[PREFS_KEY]
+    refused = request.app[SETTINGS_KEY].refused_prefs
+    changes: dict[str, str] = {}
+    for name, raw in _query_pairs(request.rel_url.raw_query_string):
+        if name.lower() == TOKEN_NAME.lower():
+            continue
+        definition = state.definitions.get(name)
+        if definition is None or name in refused:
+            return web.Response(status=400, text=f"{name} cannot be set\n")
+        try:
+            changes[name] = _pref_value(definition, raw)
+        except ValueError:
+            return web.Response(status=400, text=f"invalid value for {name}\n")
+    if not changes:
+        return web.Response(status=400, text="no preference given\n")
+    with state.lock:
+        state.values.update(changes)
+        state.puts.extend(changes)
+    return web.Response(status=200)
+
+
+def _session_json(index: int, session: LabSession) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "type": "movie",
+        "title": session.title,
+        "key": "/library/metadata/1",
+        "sessionKey": str(index + 1),
+        "User": {"id": str(index + 1), "title": session.user},
+        "Player": {
+            "address": session.address,
+            "machineIdentifier": session.client_id,
+            "product": session.product,
+            "platform": session.platform,
+            "title": session.device,
+            "state": "playing",
+            "local": session.local,
+            "relayed": session.relayed,
+            "secure": session.secure,
+            "remotePublicAddress": session.address,
+        },
+        "Session": {
+            "id": hashlib.sha256(session.client_id.encode()).hexdigest()[:24],
+            "bandwidth": session.bitrate_kbps,
+            "location": "lan" if session.local else "wan",
+        },
+        "Media": [
+            {
+                "bitrate": session.bitrate_kbps,
+                "Part": [{"decision": "transcode" if session.transcode else "directplay"}],
+            }
+        ],
+    }
+    if session.transcode:
+        entry["TranscodeSession"] = {"videoDecision": "transcode", "audioDecision": "transcode"}
+    return entry
+
+
+async def _sessions(request: web.Request) -> web.Response:
+    refusal = _owner_only(request)
+    if refusal is not None:
+        return refusal
+    sessions = request.app[SESSIONS_KEY].current()
+    entries = [_session_json(index, session) for index, session in enumerate(sessions)]
+    if _wants_json(request):
+        return web.json_response({"MediaContainer": {"size": len(entries), "Metadata": entries}})
+    lines = [f'<MediaContainer size="{len(entries)}">']
+    for entry in entries:
+        player = entry["Player"]
+        assert isinstance(player, dict)
+        lines.append(
+            f'<Video type="movie" title="{_quote_attr(str(entry["title"]))}">'
+            f'<Player machineIdentifier="{_quote_attr(str(player["machineIdentifier"]))}" '
+            f'address="{_quote_attr(str(player["address"]))}" local="{int(bool(player["local"]))}" '
+            f'relayed="{int(bool(player["relayed"]))}" /></Video>'
+        )
+    lines.append("</MediaContainer>")
+    return _xml_response("\n".join(lines))
+
+
+_LAB_SESSION_FIELDS: Final = {
+    "clientId": ("client_id", str),
+    "user": ("user", str),
+    "address": ("address", str),
+    "product": ("product", str),
+    "platform": ("platform", str),
+    "device": ("device", str),
+    "local": ("local", bool),
+    "secure": ("secure", bool),
+    "relayed": ("relayed", bool),
+    "transcode": ("transcode", bool),
+    "bitrateKbps": ("bitrate_kbps", int),
+}
+
+
+async def _lab_sessions_add(request: web.Request) -> web.Response:
+    """`[{"clientId": ..., "address": ..., ...}]`: sessions a lab plays without media requests (a LAN viewer,
+    Plex's relay)."""
+    try:
+        items = json.loads(await request.text())
+        if not isinstance(items, list):
+            raise ValueError("a list")
+        for item in items:
+            values: dict[str, Any] = {
+                "user": request.app[SETTINGS_KEY].owner_name,
+                "product": "Plex for Android (TV)",
+                "platform": "Android",
+                "device": "lab TV",
+                "secure": True,
+            }
+            for key, value in item.items():
+                name, kind = _LAB_SESSION_FIELDS[key]
+                if not isinstance(value, kind):
+                    raise ValueError(key)
+                values[name] = value
+            if "local" not in values:
+                values["local"] = on_a_lan(values["address"])
+            request.app[SESSIONS_KEY].put(LabSession(**values))
+    except (ValueError, KeyError, TypeError) as error:
+        raise web.HTTPBadRequest(text=f"sessions: {error}\n") from None
+    return web.json_response({"sessions": len(request.app[SESSIONS_KEY].current())})
+
+
+async def _lab_sessions_clear(request: web.Request) -> web.Response:
+    request.app[SESSIONS_KEY].clear()
+    return web.json_response({"sessions": 0})
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS_KEY].snapshot())
 
@@ -695,6 +1127,8 @@ def build_app(settings: OriginSettings) -> web.Application:
     app[STATS_KEY] = OriginStats()
     app[SOCKETS_KEY] = set()
     app[PUSH_SEQUENCE_KEY] = [0]
+    app[PREFS_KEY] = PrefsState(settings.initial_prefs)
+    app[SESSIONS_KEY] = SessionsState()
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_websockets)
     app.router.add_get(MEDIA_ROUTE, _media)
@@ -705,6 +1139,11 @@ def build_app(settings: OriginSettings) -> web.Application:
     app.router.add_get(SLOW_PATH, _slow)
     app.router.add_post(PUSH_PATH, _push)
     app.router.add_get(STATS_PATH, _stats)
+    app.router.add_get(PREFS_PATH, _prefs_get)
+    app.router.add_put(PREFS_PATH, _prefs_put)
+    app.router.add_get(SESSIONS_PATH, _sessions)
+    app.router.add_post(LAB_SESSIONS_PATH, _lab_sessions_add)
+    app.router.add_delete(LAB_SESSIONS_PATH, _lab_sessions_clear)
     return app
 
 
@@ -835,6 +1274,16 @@ class BackgroundOrigin:
         assert self._app is not None, "origin not started"
         return self._app[STATS_KEY].snapshot()
 
+    @property
+    def prefs(self) -> PrefsState:
+        assert self._app is not None, "origin not started"
+        return self._app[PREFS_KEY]
+
+    @property
+    def sessions(self) -> SessionsState:
+        assert self._app is not None, "origin not started"
+        return self._app[SESSIONS_KEY]
+
     def push(self, message: str) -> int:
         assert self._app is not None and self._loop is not None, "origin not started"
         return asyncio.run_coroutine_threadsafe(push_to_websockets(self._app, message), self._loop).result(10)
@@ -861,6 +1310,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--machine-identifier", default=DEFAULT_MACHINE_IDENTIFIER)
     parser.add_argument("--artwork-cache-control", default=DEFAULT_ARTWORK_CACHE_CONTROL)
     parser.add_argument("--stats-file", type=Path, help="counters as JSON, rewritten within 0.1 s of a change")
+    parser.add_argument(
+        "--refuse-pref", action="append", default=[], metavar="ID", help="answer PUTs of this preference with 400"
+    )
+    parser.add_argument("--pref", action="append", default=[], metavar="ID=VALUE", help="a preference's value at start")
+    parser.add_argument("--owner-name", default=DEFAULT_OWNER_NAME, help="the account sessions with the token show")
     parser.add_argument("--ready-file", type=Path, help="written with the bound address once serving")
     parser.add_argument("--quiet", action="store_true", help="no access log")
     parser.add_argument("--free-bind", action="store_true", help="listen even before ADDR exists on the host")
@@ -883,6 +1337,9 @@ async def _serve_until_signalled(arguments: argparse.Namespace) -> None:
         machine_identifier=arguments.machine_identifier,
         artwork_cache_control=arguments.artwork_cache_control,
         stats_file=arguments.stats_file,
+        refused_prefs=frozenset(arguments.refuse_pref),
+        initial_prefs=tuple((name, value) for name, _, value in (item.partition("=") for item in arguments.pref)),
+        owner_name=arguments.owner_name,
     )
     tls = server_tls_context(arguments.tls_cert, arguments.tls_key) if arguments.tls_cert is not None else None
     runner, _, port = await start_origin(settings, arguments.host, arguments.port, tls, free_bind=arguments.free_bind)

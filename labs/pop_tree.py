@@ -5,6 +5,7 @@ written by the real plexcdn-origin-resolve)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from labs import PROJECT_ROOT
@@ -16,16 +17,35 @@ from plexcdn.config import StackConfig
 RESOLVER_PROGRAM = PROJECT_ROOT / "plexcdn" / "origin_resolver.py"
 
 
+def client_cas(config: StackConfig, directory: Path, existing: Mapping[str, LabCA] | None = None) -> dict[str, LabCA]:
+    """A client CA for each POP that shows a client certificate upstream, as the stack keeps one per POP
+    (those in `existing` are kept)."""
+    authorities = dict(existing or {})
+    for pop in render.client_certificate_pops(config):
+        if pop not in authorities:
+            authorities[pop] = LabCA.create(directory / pop, f"lab {pop} client", intermediate=False)
+    return authorities
+
+
 def peer_certificates(
-    config: StackConfig, pop: str, peer_ca: LabCA, conf_dir: Path, work_dir: Path
+    config: StackConfig,
+    pop: str,
+    peer_ca: LabCA,
+    conf_dir: Path,
+    work_dir: Path,
+    *,
+    client_authorities: Mapping[str, LabCA] | None = None,
 ) -> render.PeerCertificates:
-    """The POP's certificates from the lab's peer CA: a client certificate for an upstream POP, and a server
-    certificate for the peer port where downstream POPs connect; the keys written beside nginx.conf."""
+    """The POP's certificates: a client certificate for an upstream POP from the POP's own client CA in
+    `client_authorities` (without them, from `peer_ca`), and for the peer port, where downstream POPs
+    connect, a server certificate from `peer_ca` and the downstream POPs' client CAs; keys beside nginx.conf."""
     place = topology.place(config, pop)
     client_pem = render.PLACEHOLDER_PEER_CLIENT_CERT
     server_pem = render.PLACEHOLDER_PEER_SERVER_CERT
+    client_cas_pem = render.PLACEHOLDER_PEER_CLIENT_CAS
+    issuers = client_authorities or {}
     if place.role == "edge":
-        client = peer_ca.issue_client(
+        client = issuers.get(pop, peer_ca).issue_client(
             config.pop_name(pop), work_dir / "peer-client.crt", conf_dir / render.PEER_CLIENT_KEY_FILE
         )
         client_pem = client.cert_path.read_text()
@@ -34,8 +54,13 @@ def peer_certificates(
             config.pop_name(pop), work_dir / "peer-server.crt", conf_dir / render.PEER_SERVER_KEY_FILE
         )
         server_pem = server.cert_path.read_text()
+        roots = {issuers.get(downstream, peer_ca).root_path for downstream in place.downstream}
+        client_cas_pem = "".join(path.read_text() for path in sorted(roots))
     return render.PeerCertificates(
-        ca_pem=peer_ca.root_path.read_text(), client_cert_pem=client_pem, server_cert_pem=server_pem
+        ca_pem=peer_ca.root_path.read_text(),
+        client_cert_pem=client_pem,
+        server_cert_pem=server_pem,
+        client_cas_pem=client_cas_pem,
     )
 
 

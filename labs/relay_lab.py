@@ -57,12 +57,14 @@ class RelayLab:
     root: Path
     ca: LabCA  # stands in for Let's Encrypt
     peer_ca: LabCA  # stands in for the stack's peer CA
+    client_cas: dict[str, LabCA] = field(default_factory=dict)  # each POP's own client CA, by POP
     addresses: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (a, b) -> (a addr, b addr)
     viewer_pop: str = ""
     media_file: Path = Path()
     headers_log: Path = Path()
     origin_port: int = 32400
     origin_ca: LabCA | None = None  # with an origin agent: the stack's origin CA
+    plex_token: str | None = None  # the one token the Plex stand-in accepts (None: any)
 
     @property
     def origin_dir(self) -> Path:
@@ -105,7 +107,10 @@ class RelayLab:
             addresses[place.pop.upstream] = self.addresses[(pop, place.pop.upstream)][1]
         conf_dir = self.conf(pop).parent
         conf_dir.mkdir(parents=True, exist_ok=True)
-        peer = pop_tree.peer_certificates(config, pop, self.peer_ca, conf_dir, self.pop_dir(pop))
+        self.client_cas = pop_tree.client_cas(config, self.root / "client-cas", self.client_cas)
+        peer = pop_tree.peer_certificates(
+            config, pop, self.peer_ca, conf_dir, self.pop_dir(pop), client_authorities=self.client_cas
+        )
         origin_client = self.pop_dir(pop) / "origin-client.crt"
         if origin_client.exists():
             peer = dataclasses.replace(peer, origin_client_cert_pem=origin_client.read_text())
@@ -154,16 +159,25 @@ def _links(config: StackConfig) -> list[tuple[str, str]]:
 
 
 def build(
-    config: StackConfig, root: Path, lab: Lab, media_mb: int = DEFAULT_MEDIA_MB, link: LinkMaker = veth_link
+    config: StackConfig,
+    root: Path,
+    lab: Lab,
+    media_mb: int = DEFAULT_MEDIA_MB,
+    link: LinkMaker = veth_link,
+    *,
+    plex_token: str | None = None,
 ) -> RelayLab:
-    """Build the lab in `lab`; `link` joins each hop (a veth pair unless a benchmark emulates a WAN)."""
+    """Build the lab in `lab`; `link` joins each hop (a veth pair unless a benchmark emulates a WAN). With
+    `plex_token`, the Plex stand-in accepts that token alone where Plex wants the owner's."""
     if config.origin.link != "public":
         raise LabError("the relay lab runs the public origin link; set origin.link: public in the stack it is given")
     root.mkdir(parents=True, exist_ok=True)
     ca = LabCA.create(root / "ca", "plex-cdn relay lab")
-    # The stack's peer CA signs client certificates directly: the peer port verifies one level deep.
+    # The stack's CAs sign leaves directly: the peer port and the agent verify one level deep.
     peer_ca = LabCA.create(root / "peer-ca", "plex-cdn relay lab peer", intermediate=False)
-    relay = RelayLab(config, lab, root, ca, peer_ca)
+    relay = RelayLab(
+        config, lab, root, ca, peer_ca, pop_tree.client_cas(config, root / "client-cas"), plex_token=plex_token
+    )
     if config.origin.agent is not None:
         relay.origin_ca = LabCA.create(root / "origin-ca", "plex-cdn relay lab origin", intermediate=False)
     relay.origin_port = config.origin.port
@@ -212,15 +226,15 @@ def _install_certificates(relay: RelayLab) -> None:
 
 
 def _issue_origin_client_certificate(relay: RelayLab, config: StackConfig, pop: str) -> None:
-    """A hub's client certificate for the origin agent, from the stack's origin CA (peer certificates come
+    """A hub's client certificate for the origin agent, from the hub's own client CA (peer certificates come
     with each render)."""
     upstream = render.upstream_of(config, pop, render.placeholder_addresses(config))
     if upstream.client_key_file != render.ORIGIN_CLIENT_KEY_FILE:
         return
-    assert relay.origin_ca is not None
+    relay.client_cas = pop_tree.client_cas(config, relay.root / "client-cas", relay.client_cas)
     key_path = relay.conf(pop).parent / upstream.client_key_file
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    relay.origin_ca.issue_client(config.pop_name(pop), relay.pop_dir(pop) / "origin-client.crt", key_path)
+    relay.client_cas[pop].issue_client(config.pop_name(pop), relay.pop_dir(pop) / "origin-client.crt", key_path)
 
 
 def _start_origin(relay: RelayLab, media_mb: int) -> None:
@@ -247,6 +261,11 @@ def _start_origin(relay: RelayLab, media_mb: int) -> None:
 
 
 def _start_plex(relay: RelayLab, address: str, tls: list[str]) -> None:
+    if relay.plex_token is not None:
+        token_file = relay.origin_dir / "plex-token"
+        token_file.write_text(relay.plex_token + "\n")
+        token_file.chmod(0o600)
+        tls = [*tls, "--token-file", str(token_file)]
     relay.lab.start(
         "origin",
         [
@@ -286,7 +305,9 @@ def _start_agent(relay: RelayLab, config: StackConfig) -> None:
     agent_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(issued.fullchain, agent_dir / "server.crt")
     shutil.copyfile(issued.privkey, agent_dir / "server.key")
-    shutil.copyfile(relay.origin_ca.root_path, agent_dir / "origin-ca.pem")
+    # The agent accepts the hubs' own client CAs, as the install script writes them.
+    hubs = [pop.name for pop in topology.hubs(config)]
+    (agent_dir / "hub-client-cas.pem").write_text("".join(relay.client_cas[hub].root_path.read_text() for hub in hubs))
     snippet = Path(f"{prefix}{agent.CONF_PATH}")
     snippet.parent.mkdir(parents=True, exist_ok=True)
     snippet.write_text(agent.nginx_conf(config, prefix=str(prefix)))
@@ -310,10 +331,12 @@ def relay_lab(
     media_mb: int = DEFAULT_MEDIA_MB,
     prefix: str = PREFIX,
     link: LinkMaker = veth_link,
+    *,
+    plex_token: str | None = None,
 ) -> Iterator[RelayLab]:
     """Build the lab, yield it, and always tear it down completely."""
     with Lab(prefix) as lab:
-        yield build(config, root, lab, media_mb, link)
+        yield build(config, root, lab, media_mb, link, plex_token=plex_token)
 
 
 def lab_up(stack_file: Path, media_mb: int) -> dict[str, str]:

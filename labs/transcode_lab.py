@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labs.netns import Lab, LabError
+from labs.netns import NETNS_ETC, Lab, LabError
 from plexcdn.transcode import dispatcher
+from plexcdn.transcode import render as transcode_render
 
 PREFIX = "pct-"
 # Slave n is joined to the origin by 198.18.128.(4n)/30: the origin takes .(4n+1), the slave .(4n+2).
@@ -71,6 +72,17 @@ def nfs_unavailable_reason() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SlaveAccount:
+    """The unprivileged account a slave's guard runs as, set up the way slave-setup does it: a home root owns, the
+    dispatch key in a file root owns, and sshd's settings for the account from the rendered drop-in. It exists in
+    the slave namespaces only (their own /etc/passwd and /etc/group, bind-mounted by `ip netns exec`)."""
+
+    name: str = "pctplex"
+    uid: int = 64981
+    gid: int = 64981
+
+
 @dataclass
 class SlaveHost:
     name: str
@@ -99,6 +111,14 @@ class SlaveHost:
     def sshd_log(self) -> Path:
         return self.directory / "sshd.log"
 
+    @property
+    def home(self) -> Path:
+        return self.directory / "home"
+
+    @property
+    def account_keys(self) -> Path:
+        return self.directory / "account.authorized_keys"
+
 
 @dataclass
 class DispatchRun:
@@ -111,11 +131,15 @@ class DispatchRun:
 class TranscodeLab:
     """Builds the lab on entry and removes every namespace, process and file on exit."""
 
-    def __init__(self, slave_count: int = 2, bad_host_seconds: float = 3.0) -> None:
+    def __init__(
+        self, slave_count: int = 2, bad_host_seconds: float = 3.0, account: SlaveAccount | None = None
+    ) -> None:
+        """With ACCOUNT, the slaves' guards run as that unprivileged account instead of root."""
         if not 1 <= slave_count <= 4:
             raise LabError("the transcode lab has one to four slaves")
         self.slave_count = slave_count
         self.bad_host_seconds = bad_host_seconds
+        self.account = account
         # Short on purpose: ssh's control sockets live under it and a socket path holds 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix=PREFIX, dir="/tmp"))
         self.lab = Lab(PREFIX)
@@ -163,6 +187,10 @@ class TranscodeLab:
         self._make_clip()
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "plexcdn-dispatch", "-f", str(self.origin_key)])
         public_key = self.origin_key.with_suffix(".pub").read_text(encoding="ascii")
+        if self.account is not None:
+            # The account reads the clip and the guard, and writes the segments, as plex does through NFS.
+            self.root.chmod(0o755)
+            os.chown(self.transcode_dir, self.account.uid, self.account.gid)
 
         self.lab.add_namespace("origin")
         known_hosts: list[str] = []
@@ -184,6 +212,8 @@ class TranscodeLab:
                 from_patterns=f"{SUBNET_BASE}.*",
             )
             (slave.directory / "authorized_keys").write_text(line + "\n", encoding="utf-8")
+            if self.account is not None:
+                self._add_account(slave, line)
             (slave.directory / "sshd_config").write_text(self._sshd_config(slave, host_key), encoding="utf-8")
             self.slaves.append(slave)
             self.set_load(name, 0.0, 2)
@@ -201,9 +231,40 @@ class TranscodeLab:
         if not wait_until(lambda: self.plex_log.exists() and "ready" in self.plex_log.read_text(), timeout):
             raise LabError(f"the Plex stand-in did not start on 127.0.0.1:{PLEX_PORT} (exit {process.poll()})")
 
+    def _add_account(self, slave: SlaveHost, key_line: str) -> None:
+        account = self.account
+        assert account is not None
+        passwd = Path("/etc/passwd").read_text(encoding="utf-8")
+        group = Path("/etc/group").read_text(encoding="utf-8")
+        etc = NETNS_ETC / self.lab.ns(slave.role)
+        etc.mkdir(parents=True, exist_ok=True)
+        # '*': no password, but not locked, so sshd (without PAM) takes the account's keys.
+        (etc / "passwd").write_text(
+            passwd + f"{account.name}:*:{account.uid}:{account.gid}::{slave.home}:/bin/sh\n", encoding="utf-8"
+        )
+        (etc / "group").write_text(group + f"{account.name}:x:{account.gid}:\n", encoding="utf-8")
+        slave.home.mkdir(mode=0o755)
+        slave.account_keys.write_text(key_line + "\n", encoding="utf-8")
+        os.chown(slave.account_keys, 0, account.gid)
+        slave.account_keys.chmod(0o640)
+        drop_in = transcode_render.render_template(
+            "transcode/sshd-plexcdn-transcode.conf.j2",
+            stack="lab",
+            slave_user=account.name,
+            authorized_keys=str(slave.account_keys),
+        )
+        (slave.directory / "sshd-plexcdn-transcode.conf").write_text(drop_in, encoding="utf-8")
+        slave.guard_log.touch()
+        os.chown(slave.guard_log, account.uid, account.gid)
+
     def _sshd_config(self, slave: SlaveHost, host_key: Path) -> str:
+        account_settings = []
+        if self.account is not None:
+            # As Debian's sshd_config does: the drop-ins first, then the defaults (the Match ends with its file).
+            account_settings = [f"Include {slave.directory / 'sshd-plexcdn-transcode.conf'}"]
         return "\n".join(
             [
+                *account_settings,
                 f"ListenAddress {slave.address}:22",
                 f"HostKey {host_key}",
                 "PidFile none",
@@ -272,13 +333,16 @@ class TranscodeLab:
                     "name": slave.name,
                     "host": slave.address,
                     "port": 22,
-                    "user": "root",
+                    "user": self.account.name if self.account is not None else "root",
                     "identity_file": str(self.origin_key),
                     "python": "/usr/bin/python3",
                     "guard_path": str(self.guard_path),
                 }
                 for slave in chosen
             ],
+            # The origin's dispatcher runs as root here, the slaves' guards as the account.
+            "require_same_ids": self.account is None,
+            **self.request_policy(),
             "plex_version": PLEX_VERSION,
             "known_hosts": str(self.known_hosts),
             "state_dir": str(self.state_dir),
@@ -288,6 +352,10 @@ class TranscodeLab:
             "connect_timeout": 1,
             "kill_grace_seconds": 2,
         }
+
+    def request_policy(self) -> dict[str, object]:
+        """What transcodes may name: the lab's media and transcode directories, as the stack's are."""
+        return {"read_dirs": [str(self.media)], "write_dirs": [str(self.transcode_dir)]}
 
     def write_origin_config(self, slaves: Sequence[str] | None = None, probe_cache_seconds: float = 0) -> None:
         text = json.dumps(self.origin_config(slaves, probe_cache_seconds), indent=1)
@@ -304,6 +372,7 @@ class TranscodeLab:
             "loadavg_path": str(slave.loadavg),
             "cpu_count": cpus,
             "kill_grace_seconds": 2,
+            **self.request_policy(),
         }
         dispatcher.parse_config(guard)
         slave.guard_config.write_text(json.dumps(guard, indent=1), encoding="utf-8")
@@ -358,6 +427,9 @@ class TranscodeLab:
             self.set_load(slave.name, 0.0, 2)
             self.set_version(slave.name, PLEX_VERSION)
             slave.guard_log.unlink(missing_ok=True)
+            if self.account is not None:
+                slave.guard_log.touch()
+                os.chown(slave.guard_log, self.account.uid, self.account.gid)
         self.write_origin_config()
         (self.state_dir / "hosts.json").unlink(missing_ok=True)
         self.origin_log.unlink(missing_ok=True)
@@ -417,7 +489,19 @@ class TranscodeLab:
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
+        if self.account is not None:
+            # Plex makes each session directory as plex; the slave's transcoder writes into it as plex.
+            os.chown(directory, self.account.uid, self.account.gid)
         return directory
+
+    def run_as(self, role: str, uid: int, gid: int, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Run ARGV in a namespace as UID:GID with no other groups (setpriv), as a local user there would."""
+        command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+        return self.lab.run(role, command, check=False, timeout=60)
+
+    def load_filter(self, role: str, rules: str) -> None:
+        """Load an nftables table in a namespace, as the slave's filter unit does at boot."""
+        self.lab.run(role, ["nft", "-f", "-"], input=rules)
 
     def spawn(
         self, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, program: Path | None = None

@@ -43,7 +43,8 @@ from labs import wan_bench_report as wanbench
 from labs import wan_emulator as wan
 from labs.netns import Lab, LabError
 from plexcdn import PROJECT_ROOT, render, topology
-from plexcdn.config import ORIGIN, OriginAgent, StackConfig, load_stack_file
+from plexcdn.config import OriginAgent, StackConfig, load_stack_file
+from plexcdn.topology import ORIGIN
 
 # The pid keeps a benchmark out of the namespaces of tests or a `lab up` running at the same time.
 PREFIX: Final = f"pcb{os.getpid() % 1000}-"
@@ -271,10 +272,16 @@ def wait_for_listener(lab: Lab, role: str, address: str, port: int, timeout: flo
     raise LabError(f"nothing listens on {address}:{port} in {lab.ns(role)} after {timeout:.0f} s")
 
 
+# Nothing in the bench logs in to the origin: a well-formed key stands in for the one `pulumi up` would pin.
+UNUSED_HOST_KEY: Final = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchOriginIsNeverReachedOverSshNotARealKey00"
+
+
 def with_agent(config: StackConfig) -> StackConfig:
     """The stack with `origin.agent` on, as a user turns it on (the SSH settings play no part in the lab)."""
-    settings = OriginAgent(AGENT_PORT, config.origin.host, 22, "root", apply_firewall=False)
-    return dataclasses.replace(config, origin=dataclasses.replace(config.origin, agent=settings))
+    settings = OriginAgent.model_validate(
+        {"listenPort": AGENT_PORT, "sshHost": config.origin.host, "sshHostKey": UNUSED_HOST_KEY}
+    )
+    return config.model_copy(update={"origin": config.origin.model_copy(update={"agent": settings})})
 
 
 def build_bench(config: StackConfig, root: Path, lab: Lab, plan: BenchPlan) -> Bench:

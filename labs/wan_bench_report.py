@@ -206,7 +206,7 @@ def seed_context(config: StackConfig, pop_name: str, prefix: str, addresses: Map
         "upstream_tls_name": upstream.tls_name,
         "upstream_verify": upstream.verify,
         "upstream_is_pop": place.role == "edge",
-        "peer_ca_file": render.PEER_CA_FILE,
+        "peer_client_cas_file": render.PEER_CLIENT_CAS_FILE,
         "peer_client_cert_file": render.PEER_CLIENT_CERT_FILE,
         "peer_client_key_file": render.PEER_CLIENT_KEY_FILE,
     }

@@ -1,7 +1,7 @@
 """The origin agent: what `pulumi up` installs on the Plex server when `origin.agent` is set.
 
-nginx on the Plex host terminates the hubs' TLS (mutual: only a client certificate from the stack's
-origin CA is accepted) and proxies to Plex on loopback, so Plex sees a private address and honours
+nginx on the Plex host terminates the hubs' TLS (mutual: only a certificate from one of the hubs' own
+client CAs is accepted) and proxies to Plex on loopback, so Plex sees a private address and honours
 X-Forwarded-For; the same TCP tuning as the POPs goes into a sysctl drop-in; a firewall rule admits
 only the hubs to the agent's port. Everything is removed again on `pulumi destroy`.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from plexcdn.config import OriginAgent, StackConfig
-from plexcdn.render import release_id, render_template
+from plexcdn.render import MOZILLA_INTERMEDIATE, blanked_headers, release_id, render_template
 
 AGENT_DIR: Final = "/etc/plex-cdn/agent"
 CONF_PATH: Final = "/etc/nginx/conf.d/plexcdn-agent.conf"
@@ -51,6 +51,8 @@ def nginx_conf(config: StackConfig, prefix: str = "") -> str:
         agent_dir=f"{prefix}{AGENT_DIR}",
         log_dir=f"{prefix}/var/log/nginx",
         nginx=config.nginx,
+        tls=MOZILLA_INTERMEDIATE,
+        blanked_headers=blanked_headers(),
     )
 
 
@@ -76,7 +78,7 @@ def firewall_unit(config: StackConfig) -> str:
 @dataclass(frozen=True)
 class AgentCertificates:
     server_cert_pem: str
-    origin_ca_pem: str
+    hub_client_cas_pem: str  # the client CAs of the hubs, each hub's own: the only certificates accepted
 
 
 def _b64(text: str) -> str:
@@ -96,7 +98,7 @@ def install_script(config: StackConfig, certificates: AgentCertificates, hub_add
         "firewall": firewall_rules(config, hub_addresses),
         "firewall_unit": firewall_unit(config),
         "cert": certificates.server_cert_pem,
-        "ca": certificates.origin_ca_pem,
+        "ca": certificates.hub_client_cas_pem,
     }
     return render_template(
         "agent/install.sh.j2",
@@ -114,7 +116,7 @@ def install_script(config: StackConfig, certificates: AgentCertificates, hub_add
         firewall_b64=_b64(files["firewall"]),
         firewall_unit_b64=_b64(files["firewall_unit"]),
         server_cert_b64=_b64(files["cert"]),
-        origin_ca_b64=_b64(files["ca"]),
+        hub_client_cas_b64=_b64(files["ca"]),
     )
 
 

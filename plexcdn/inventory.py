@@ -10,7 +10,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from plexcdn.config import StackConfig, is_local_network
+from plexcdn.config import StackConfig
+from plexcdn.setting_kinds import is_local_network
 
 
 @dataclass(frozen=True)

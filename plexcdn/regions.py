@@ -9,7 +9,7 @@ region closest to it on the network.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -238,3 +238,10 @@ def nearest_regions(provider: str, slug: str, candidates: Iterable[str], count: 
         if other != slug
     )
     return [(other, km) for km, other in ranked[:count]]
+
+
+def nearest_described(provider: str, slug: str, candidates: Iterable[str], describe: Callable[[Region], str]) -> str:
+    """The nearest of `candidates` for a message: "slug (what describe says, 948 km), ..."."""
+    table = PROVIDERS[provider].regions
+    found = nearest_regions(provider, slug, candidates)
+    return ", ".join(f"{other} ({describe(table[other])}, {km:,.0f} km)" for other, km in found)

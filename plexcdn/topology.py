@@ -1,11 +1,21 @@
-"""The POP tree: who relays to whom, which POPs are hubs, and in what order requests travel."""
+"""The POP tree: who relays to whom, which POPs are hubs, and in what order requests travel; and the rules the
+tree must keep, which the stack's validation runs with every other setting (plexcdn.config)."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from plexcdn.config import ORIGIN, PopConfig, StackConfig
+from plexcdn import regions
+from plexcdn.setting_kinds import Problem, one_of
+
+if TYPE_CHECKING:
+    from plexcdn.config import OriginConfig, PopConfig, StackConfig
+
+# The upstream of a hub: the Plex server.
+ORIGIN: Final = "origin"
 
 
 @dataclass(frozen=True)
@@ -36,5 +46,103 @@ def places(config: StackConfig) -> tuple[PopPlace, ...]:
     return tuple(sorted((place(config, pop.name) for pop in config.pops), key=lambda p: (p.hops, p.pop.name)))
 
 
+def hubs_of(pops: Sequence[PopConfig]) -> tuple[PopConfig, ...]:
+    return tuple(pop for pop in pops if pop.upstream == ORIGIN)
+
+
 def hubs(config: StackConfig) -> tuple[PopConfig, ...]:
-    return tuple(pop for pop in config.pops if pop.upstream == ORIGIN)
+    return hubs_of(config.pops)
+
+
+# --- the rules -------------------------------------------------------------------------------------------------
+
+
+def tree_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
+    """Unique names, upstreams that exist, no cycles, at least one hub."""
+    names = [pop.name for pop in pops]
+    seen: set[str] = set()
+    for index, pop in enumerate(pops):
+        if pop.name in seen:
+            yield Problem(("pops", index, "name"), f"{pop.name!r} is used by another POP; POP names must be unique")
+        seen.add(pop.name)
+    for index, pop in enumerate(pops):
+        if pop.upstream != ORIGIN and pop.upstream not in names:
+            yield Problem(
+                ("pops", index, "upstream"), f"{pop.upstream!r} is not a POP; use 'origin' or {one_of(names)}"
+            )
+        elif pop.upstream == pop.name:
+            yield Problem(("pops", index, "upstream"), "a POP cannot be its own upstream")
+    upstream_of = {pop.name: pop.upstream for pop in pops}
+    index_of = {pop.name: index for index, pop in enumerate(pops)}
+    reported: set[frozenset[str]] = set()
+    for pop in pops:
+        chain: list[str] = []
+        current = pop.name
+        while current in upstream_of and current not in chain:
+            chain.append(current)
+            current = upstream_of[current]
+        cycle = chain[chain.index(current) :] if current in chain else []
+        if len(cycle) > 1 and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
+            yield Problem(
+                ("pops", index_of[cycle[0]], "upstream"),
+                f"upstream cycle {' -> '.join([*cycle, cycle[0]])}; every chain must end at 'origin'",
+            )
+    if pops and not hubs_of(pops):
+        yield Problem(("pops",), "no POP has upstream 'origin': at least one hub POP must reach the Plex server")
+
+
+def origin_link_problems(origin: OriginConfig, pops: Sequence[PopConfig]) -> Iterator[Problem]:
+    """A WireGuard link reaches one hub; a public link needs an origin the hubs can reach over the internet."""
+    hubs = hubs_of(pops)
+    if origin.link == "wireguard" and len(hubs) > 1:
+        yield Problem(
+            ("pops",),
+            f"origin.link is wireguard, which gives one tunnel to one hub, but {', '.join(p.name for p in hubs)} "
+            "all have upstream 'origin'; point all but one at that hub POP",
+        )
+    if origin.link == "public" and hubs:
+        try:
+            address = ipaddress.ip_address(origin.host)
+        except ValueError:
+            return
+        if not address.is_global:
+            yield Problem(
+                ("origin", "host"),
+                f"{origin.host} is not reachable from the internet, so hub POP {hubs[0].name!r} cannot reach it with "
+                "origin.link public; give the public name or address, or use origin.link wireguard",
+            )
+
+
+def latency_region_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
+    """Each POP answers for the shared name with a latency record in its region's AWS region, and Route53
+    takes one per AWS region: "You can only create one latency resource record set for each Amazon EC2
+    Region" (the Route53 API model, ResourceRecordSet.Region, as in botocore's
+    data/route53/2013-04-01/service-2.json and the API reference). A second POP there would be refused."""
+    known = [p for p in pops if p.region in regions.PROVIDERS[p.provider].regions]
+    taken = {p.region_info.aws_region for p in known}
+    holder: dict[str, int] = {}
+    for index, pop in enumerate(pops):
+        table = regions.PROVIDERS[pop.provider]
+        if pop.region not in table.regions:
+            continue  # reported where the region is read
+        aws_region = table.regions[pop.region].aws_region
+        if aws_region not in holder:
+            holder[aws_region] = index
+            continue
+        first = pops[holder[aws_region]]
+        free = [
+            slug
+            for slug, region in table.regions.items()
+            if region.aws_region not in taken and regions.serves_user_data(pop.provider, slug)
+        ]
+        nearest = regions.nearest_described(pop.provider, pop.region, free, lambda r: f"{r.city}, {r.aws_region}")
+        yield Problem(
+            ("pops", index, "region"),
+            f"{pop.provider} {pop.region} ({table.regions[pop.region].city}) answers for the shared name in AWS "
+            f"region {aws_region}, as pops[{holder[aws_region]}].region does (POP {first.name!r}, {first.provider} "
+            f"{first.region}); Route53 allows one latency record per AWS region for a name, so it would refuse the "
+            f"one of POP {pop.name!r}. Use a {pop.provider} region that maps to an AWS region no other POP uses, "
+            f"nearest: {nearest}; or leave out one of the two: Route53 measures latency to AWS regions, so it could "
+            "not tell them apart anyway",
+        )

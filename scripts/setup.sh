@@ -8,7 +8,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     nginx cloud-init wireguard-tools openssl ca-certificates curl
     iproute2 iputils-ping procps psmisc iperf3
-    pebble openssh-server openssh-client ffmpeg shellcheck nftables fuse3
+    pebble openssh-server openssh-client ffmpeg shellcheck nftables fuse3 gpg gcc strace
     qemu-system-x86 qemu-utils mmdebstrap cloud-image-utils e2fsprogs
 )
 
@@ -33,6 +33,8 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 # The certificate lab runs the certbot a POP installs (pinned, in a virtualenv of its own).
 .venv/bin/python -m labs.cert_lab venv >/dev/null
+# The TLS checks run sslyze, pinned, in a virtualenv of its own (its cryptography pin differs from ours).
+.venv/bin/python -m labs.tls_scan venv >/dev/null
 # The private-swarm lab's js-libp2p peers (kubo itself cannot be installed from the package registries).
 # They need Node.js 20 or newer; Debian 12's own is 18, on which the lab reports why it skips.
 if ! command -v npm >/dev/null && command -v apt-get >/dev/null; then
@@ -54,7 +56,10 @@ echo "plex-cdn setup: rendered into out/dev ($(ls out/dev | tr '\n' ' ')); each 
 if command -v pulumi >/dev/null; then
     echo "plex-cdn setup: Pulumi CLI found; previewing the dev stack on a local backend in .pulumi-local/"
     mkdir -p .pulumi-local
-    export PULUMI_BACKEND_URL="file://$PWD/.pulumi-local" PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE:-plex-cdn-local}"
+    export PULUMI_BACKEND_URL="file://$PWD/.pulumi-local"
+    # shellcheck source=scripts/local-passphrase.sh
+    . scripts/local-passphrase.sh
+    plexcdn_local_passphrase "$PWD"
     pulumi stack select dev --create --non-interactive
     pulumi preview --non-interactive --diff || {
         echo "plex-cdn setup: the preview needs AWS credentials for the Route53 zone lookup and provider tokens"

@@ -71,9 +71,8 @@ def test_cloud_init_writes_what_first_boot_needs(example_config: StackConfig) ->
     first_boot = files[render.FIRST_BOOT_PATH]
     assert first_boot["permissions"] == "0755" and first_boot["content"].startswith("#!/bin/sh\n")
     assert "set -eu" in first_boot["content"]
-    assert (
-        f'"certbot=={render.CERTBOT_VERSION}" "certbot-dns-route53=={render.CERTBOT_VERSION}"' in first_boot["content"]
-    )
+    assert f"--require-hashes --only-binary :all: -r {render.CERTBOT_LOCK_PATH}" in first_boot["content"]
+    assert files[render.CERTBOT_LOCK_PATH]["content"] == render.CERTBOT_LOCK.read_text()
     assert "systemctl enable --now plexcdn-certbot-renew.timer" in first_boot["content"]
     assert (
         "tc qdisc replace" in first_boot["content"] and "install -d -m 0755 /var/cache/nginx" in first_boot["content"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from plexcdn import regions, render, topology
 from plexcdn.config import ConfigError, load_stack_file, parse_config
@@ -36,10 +37,11 @@ def test_example_stack_is_valid_and_typed() -> None:
 
 def test_config_objects_are_frozen() -> None:
     config = load_stack_file(EXAMPLE_STACK)
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.domain = "other.example"  # type: ignore[misc]
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.pops[0].size = "huge"  # type: ignore[misc]
+    assert isinstance(config.pops, tuple) and isinstance(config.admin.deploy_from, tuple)
 
 
 def _with_pop(index: int, **changes: Any) -> dict[str, Any]:
@@ -204,8 +206,9 @@ def test_cli_render_writes_each_pop_and_placeholders_for_secrets(tmp_path: Path)
         assert (tmp_path / pop / "nginx.conf").is_file()
         cloud_init = (tmp_path / pop / "cloud-init.yaml").read_text()
         assert "<SECRET: this VM's SSH host key" in cloud_init and "aws_secret_access_key" not in cloud_init
-    assert (tmp_path / "us" / render.PEER_CA_FILE).is_file()
+    assert (tmp_path / "us" / render.PEER_CLIENT_CAS_FILE).is_file()
     assert (tmp_path / "us" / render.PEER_SERVER_CERT_FILE).is_file()
+    assert (tmp_path / "asia" / render.PEER_CA_FILE).is_file()
     assert (tmp_path / "asia" / render.PEER_CLIENT_CERT_FILE).is_file()
     assert not (tmp_path / "asia" / render.PEER_CLIENT_KEY_FILE).exists()
     assert not (tmp_path / "us" / render.PEER_SERVER_KEY_FILE).exists()

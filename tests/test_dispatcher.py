@@ -390,17 +390,29 @@ def recording_transcoder(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         f"with open({str(record)!r}, 'w') as out:\n"
         "    json.dump({'argv': [os.fsencode(a).hex() for a in sys.argv[1:]], 'cwd': os.getcwd(),\n"
         "               'env': dict(os.environ)}, out)\n"
-        "sys.exit(int(os.environ.get('EXIT_WITH', '0')))\n"
+        "codes = [a.split('=', 1)[1] for a in sys.argv if a.startswith('plexcdn_exit=')]\n"
+        "sys.exit(int(codes[-1] if codes else os.environ.get('EXIT_WITH', '0')))\n"
     )
     transcoder.chmod(0o755)
     yield transcoder, record
 
 
+APP_DATA = "/srv/plex app data/Plex Media Server"
+MEDIA_DIR = "/media"
+
+
 def guard_config(tmp_path: Path, transcoder: Path) -> Path:
+    """A guard that takes transcodes working in TMP_PATH (the shared transcode directory) on media in /media."""
     path = tmp_path / "guard config.json"
-    path.write_text(
-        json.dumps({"transcoder": str(transcoder), "log_path": str(tmp_path / "guard.log"), "kill_grace_seconds": 1})
-    )
+    values = {
+        "transcoder": str(transcoder),
+        "log_path": str(tmp_path / "guard.log"),
+        "kill_grace_seconds": 1,
+        "app_data_dir": APP_DATA,
+        "read_dirs": [MEDIA_DIR],
+        "write_dirs": [str(tmp_path)],
+    }
+    path.write_text(json.dumps(values))
     return path
 
 
@@ -439,8 +451,16 @@ def test_arguments_environment_and_cwd_survive_the_guard(
     workdir = tmp_path / "transcode dir ✓"
     workdir.mkdir()
     slave = Slave(name="s", host="h", python=sys.executable, guard_path=str(DISPATCHER))
-    command = remote_command(slave, "run", TRICKY_ARGS)
-    environ = {"X_PLEX_TOKEN": TOKEN, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "EXIT_WITH": "7", "LIBS": "/x y/"}
+    # Every tricky word as the value of an option the guard takes as it is.
+    args = [word for tricky in TRICKY_ARGS for word in ("-metadata", f"comment={tricky}")]
+    args += ["-i", f"{MEDIA_DIR}/it's a $film.mkv", "-metadata", "plexcdn_exit=7", "out put.m3u8"]
+    command = remote_command(slave, "run", args)
+    environ = {
+        "X_PLEX_TOKEN": TOKEN,
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "FFMPEG_EXTERNAL_LIBS": f"{APP_DATA}/Codecs/99c90e0-3084-linux-x86_64/",
+    }
     shell_env = {"PATH": "/usr/bin:/bin"}
     if forced:
         # What sshd does with `command=`: run the forced command, and show the client's in SSH_ORIGINAL_COMMAND.
@@ -448,15 +468,16 @@ def test_arguments_environment_and_cwd_survive_the_guard(
             "ssh-ed25519 AAAAC3Nza test", guard_path=str(DISPATCHER), python=sys.executable, guard_config=str(config)
         )
         command = sshd_forced_command(line)
-        shell_env["SSH_ORIGINAL_COMMAND"] = remote_command(slave, "run", TRICKY_ARGS)
+        shell_env["SSH_ORIGINAL_COMMAND"] = remote_command(slave, "run", args)
     else:
         shell_env[dispatcher.CONFIG_ENV] = str(config)
-    header = dispatcher.run_header(dispatcher.forwarded_environment(environ), str(workdir))
+    policy = dispatcher.RequestPolicy.of(dispatcher.load_config(config))
+    header = dispatcher.run_header(dispatcher.forwarded_environment(environ, policy), str(workdir))
     result = run_guard(["/bin/sh", "-c", command], header, shell_env)
     assert result.stderr.startswith(dispatcher.STARTED_MARKER), result.stderr
     assert result.returncode == 7
     recorded = json.loads(record.read_text())
-    assert [os.fsdecode(bytes.fromhex(word)) for word in recorded["argv"]] == TRICKY_ARGS
+    assert [os.fsdecode(bytes.fromhex(word)) for word in recorded["argv"]] == args
     assert recorded["cwd"] == str(workdir)
     assert recorded["env"] == environ
     guard_log = (tmp_path / "guard.log").read_text()
@@ -464,9 +485,24 @@ def test_arguments_environment_and_cwd_survive_the_guard(
     assert TOKEN not in guard_log
 
 
-def test_forwarded_environment_leaves_out_the_session(tmp_path: Path) -> None:
-    environ = {"X_PLEX_TOKEN": TOKEN, "SSH_AUTH_SOCK": "/tmp/agent", dispatcher.CONFIG_ENV: "/etc/x.json", "A": "b"}
-    assert dispatcher.forwarded_environment(environ) == {"X_PLEX_TOKEN": TOKEN, "A": "b"}
+def test_forwarded_environment_leaves_out_what_a_slave_would_not_take(tmp_path: Path) -> None:
+    environ = {
+        "X_PLEX_TOKEN": TOKEN,
+        "SSH_AUTH_SOCK": "/tmp/agent",
+        dispatcher.CONFIG_ENV: "/etc/x.json",
+        "A": "b",
+        "LD_PRELOAD": "/tmp/x.so",
+        "PATH": "/home/plex/bin:/usr/bin",
+        "LC_ALL": "C.UTF-8",
+        "XDG_CACHE_HOME": "/somewhere/else",
+    }
+    policy = dispatcher.RequestPolicy(APP_DATA, "/usr/lib/plexmediaserver", (MEDIA_DIR,), (str(tmp_path),), 32400)
+    # What Plex set for the transcoder goes as it is, so that a wrong value is refused rather than quietly dropped.
+    assert dispatcher.forwarded_environment(environ, policy) == {
+        "X_PLEX_TOKEN": TOKEN,
+        "LC_ALL": "C.UTF-8",
+        "XDG_CACHE_HOME": "/somewhere/else",
+    }
     header = dispatcher.run_header({"K": os.fsdecode(b"\xfe\xff")}, "/t")
     cwd, env = dispatcher.read_header(open_bytes(tmp_path, header))
     assert (cwd, os.fsencode(env["K"])) == ("/t", b"\xfe\xff")
@@ -579,6 +615,8 @@ def test_unreachable_slave_falls_back_to_the_local_transcoder(
         "log_path": str(tmp_path / "origin.log"),
         "bad_host_seconds": 120,
         "connect_timeout": 1,
+        "read_dirs": [MEDIA_DIR],
+        "write_dirs": [str(tmp_path)],
     }
     (tmp_path / "origin.json").write_text(json.dumps(config))
     args = ["-i", "/media/a film.mkv", "-progressurl", f"http://127.0.0.1:32400/p?X-Plex-Token={TOKEN}"]
@@ -628,11 +666,17 @@ def test_a_dispatcher_failure_still_transcodes_locally(tmp_path: Path, recording
         "plex_version": ORIGIN_VERSION,
         "state_dir": str(not_a_directory),
         "log_path": str(tmp_path / "origin.log"),
+        "write_dirs": [str(tmp_path)],
     }
     (tmp_path / "origin.json").write_text(json.dumps(config))
     environ = {"PATH": os.environ["PATH"], "EXIT_WITH": "4", dispatcher.CONFIG_ENV: str(tmp_path / "origin.json")}
     result = subprocess.run(
-        [sys.executable, str(DISPATCHER), "-i", "x"], env=environ, capture_output=True, timeout=60, check=False
+        [sys.executable, str(DISPATCHER), "-i", "x"],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 4, result.stderr
     assert record.exists()
@@ -787,3 +831,206 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+# --------------------------------------------------------------------------------------------------
+# What a transcode may ask for: the guard's allow-lists
+
+
+def plex_environment(tmp_path: Path) -> dict[str, str]:
+    """What Plex gives its transcoder ("Job running:" in Plex's log), with the service's own variables."""
+    return {
+        "EAE_ROOT": "/tmp/pms-d4a0cd44-31b5-42a2-8b7b-87235833786c/EasyAudioEncoder",
+        "FFMPEG_EXTERNAL_LIBS": f"{APP_DATA}/Codecs/99c90e0-3084-linux-x86_64/",
+        "XDG_CACHE_HOME": f"{APP_DATA}/Cache",
+        "XDG_DATA_HOME": "/usr/lib/plexmediaserver/Resources",
+        "X_PLEX_TOKEN": TOKEN,
+        "PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR": str(Path(APP_DATA).parent),
+        "PLEX_MEDIA_SERVER_HOME": "/usr/lib/plexmediaserver",
+        "PLEX_MEDIA_SERVER_MAX_PLUGIN_PROCS": "6",
+        "PLEX_MEDIA_SERVER_INFO_VENDOR": "Debian GNU/Linux",
+        "PLEX_MEDIA_SERVER_INFO_DEVICE": "PC",
+        "PLEX_MEDIA_SERVER_INFO_MODEL": "x86_64",
+        "PLEX_MEDIA_SERVER_INFO_PLATFORM_VERSION": "13 (trixie)",
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/var/lib/plexmediaserver",
+        "LANG": "en_US.UTF-8",
+        "TMPDIR": "/tmp",
+    }
+
+
+def plex_dash_arguments(session: str) -> list[str]:
+    """A transcode the way Plex asks for one (from its "Job running:" lines): DASH with EAE audio."""
+    return [
+        *("-codec:0", "h264", "-codec:2", "eac3_eae", "-eae_prefix:2", "rnft5v12sq8x7ate39hmdnrz_"),
+        *("-ss", "0", "-noaccurate_seek", "-analyzeduration", "20000000", "-probesize", "20000000"),
+        *("-i", f"{MEDIA_DIR}/Video/TV/Show (2020)/S01E01.mkv"),
+        *("-filter_complex", "[0:0]scale=w=min(1280\\,iw):h=min(720\\,ih)[0];[0]format=pix_fmts=yuv420p|nv12[1]"),
+        *("-filter_complex", "[0:2] aresample=async=1:ocl='stereo':osr=48000[2]"),
+        *("-map", "[1]", "-metadata:s:0", "language=eng", "-codec:0", "libx264", "-crf:0", "21", "-maxrate:0", "4M"),
+        *(
+            "-bufsize:0",
+            "8M",
+            "-r:0",
+            "23.976023976023978",
+            "-preset:0",
+            "veryfast",
+            "-x264opts:0",
+            "subme=2:me_range=4",
+        ),
+        *("-force_key_frames:0", "expr:gte(t,n_forced*5)"),
+        *("-map", "[2]", "-metadata:s:1", "language=eng", "-codec:1", "aac", "-b:1", "256k"),
+        *("-f", "dash", "-seg_duration", "5", "-dash_segment_type", "mp4"),
+        *("-init_seg_name", "init-stream$RepresentationID$.m4s"),
+        *("-media_seg_name", "chunk-stream$RepresentationID$-$Number%05d$.m4s"),
+        *("-window_size", "5", "-delete_removed", "false", "-skip_to_segment", "1", "-time_delta", "0.0625"),
+        *("-manifest_name", f"http://127.0.0.1:32400/video/:/transcode/session/{session}/manifest"),
+        *("-avoid_negative_ts", "disabled", "-map_metadata", "-1", "-map_chapters", "-1", "dash"),
+        *("-start_at_zero", "-copyts", "-vsync", "cfr", "-y", "-nostats", "-loglevel", "quiet"),
+        *("-loglevel_plex", "error"),
+        *("-progressurl", f"http://127.0.0.1:32400/video/:/transcode/session/{session}/progress"),
+    ]
+
+
+def plex_hls_arguments() -> list[str]:
+    """Plex's segment-muxer (HLS) shape, reading its input from Plex itself on loopback."""
+    return [
+        *("-noaccurate_seek", "-i", "http://127.0.0.1:32400/library/parts/41/file.ts?X-Plex-Token=" + TOKEN),
+        *("-map", "0:v:0", "-codec:0", "copy", "-map", "0:a:0", "-codec:1", "ac3", "-channel_layout:1", "5.1"),
+        *("-b:1", "640k", "-segment_format", "mpegts", "-f", "segment", "-flags", "-global_header"),
+        *("-segment_time", "10", "-segment_start_number", "0", "-segment_copyts", "1"),
+        *("-segment_time_delta", "0.0625", "-max_delay", "5000000", "-avoid_negative_ts", "disabled"),
+        *("-map_metadata", "-1", "media-%05d.ts", "-start_at_zero", "-copyts", "-vsync", "cfr", "-y", "-nostats"),
+        *("-progressurl", "http://127.0.0.1:32400/video/:/transcode/session/p7cj645pufczy/progress"),
+    ]
+
+
+def policy_for(tmp_path: Path) -> dispatcher.RequestPolicy:
+    return dispatcher.RequestPolicy(APP_DATA, "/usr/lib/plexmediaserver", (MEDIA_DIR,), (str(tmp_path),), 32400)
+
+
+def test_plex_shaped_requests_pass_the_guard_policy(tmp_path: Path) -> None:
+    policy = policy_for(tmp_path)
+    session = tmp_path / "session"
+    for args in (plex_dash_arguments("q9zljdon5bcpoq6q0jm04cyr"), plex_hls_arguments()):
+        assert dispatcher.request_problems(args, plex_environment(tmp_path), str(session), policy) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"env": {"LD_PRELOAD": "/srv/plex transcode/x.so"}}, "environment variable LD_PRELOAD is not one"),
+        ({"env": {"LD_AUDIT": "/tmp/x.so"}}, "LD_AUDIT"),
+        ({"env": {"GCONV_PATH": "/tmp"}}, "GCONV_PATH"),
+        ({"env": {"OPENSSL_CONF": "/tmp/engine.cnf"}}, "OPENSSL_CONF"),
+        ({"env": {"LD_LIBRARY_PATH": "/srv/plex transcode"}}, "LD_LIBRARY_PATH has a value"),
+        ({"env": {"FFMPEG_EXTERNAL_LIBS": "{session}/"}}, "FFMPEG_EXTERNAL_LIBS has a value"),
+        ({"env": {"FFMPEG_EXTERNAL_LIBS": f"{APP_DATA}/Codecs/../Plug-in Support/"}}, "FFMPEG_EXTERNAL_LIBS"),
+        ({"env": {"PATH": "{session}:/usr/bin"}}, "PATH has a value"),
+        ({"args": ["-i", "/etc/shadow"]}, "input '/etc/shadow' is neither"),
+        ({"args": ["-i", f"{MEDIA_DIR}/../etc/passwd"]}, "is neither Plex on loopback nor inside"),
+        ({"args": ["-i", "concat:/etc/passwd|/etc/group"]}, "input 'concat:"),
+        ({"args": ["-i", "http://203.0.113.7/x.ts"]}, "input 'http://203.0.113.7/x.ts'"),
+        ({"args": ["-f", "lavfi", "-i", "movie=/etc/passwd"]}, "-f 'lavfi' is not a container"),
+        ({"args": ["-f", "tee", "a.ts|/tmp/b.ts"]}, "-f 'tee'"),
+        ({"args": ["-y", "-f", "data", "/var/lib/plexcdn-slave/.pam_environment"]}, "output '/var/lib/plexcdn-slave"),
+        ({"args": ["../../etc/cron.d/x"]}, "output '../../etc/cron.d/x'"),
+        ({"args": ["file:/etc/plexcdn/ssh/plex.authorized_keys"]}, "output 'file:"),
+        ({"args": ["-hls_segment_filename", "/tmp/x-%d.ts"]}, "-hls_segment_filename '/tmp/x-%d.ts'"),
+        ({"args": ["-progressurl", "http://198.51.100.9:32400/p"]}, "-progressurl 'http://198.51.100.9:32400/p'"),
+        ({"args": ["-progressurl", "http://127.0.0.1:22/p"]}, "-progressurl"),
+        (
+            {"args": ["-filter_complex", "movie=/etc/passwd[m];[0:0][m]overlay"]},
+            "filters Plex's transcoder does not use: movie",
+        ),
+        ({"args": ["-vf", "scale=1:1,sendcmd=f=/tmp/c"]}, "sendcmd"),
+        ({"args": ["-filter_complex_script", "/tmp/graph"]}, "option -filter_complex_script is not one"),
+        ({"args": ["-dump_attachment:t", "/tmp/x"]}, "option -dump_attachment:t is not one"),
+        ({"args": ["-hwaccel", "vaapi"]}, "option -hwaccel is not one"),
+        ({"args": ["-progressurl"]}, "option -progressurl has no value"),
+        ({"cwd": "/tmp"}, "working directory /tmp is not inside the shared transcode directory"),
+    ],
+)
+def test_the_guard_policy_refuses_what_plex_never_asks_for(
+    tmp_path: Path, change: dict[str, object], refusal: str
+) -> None:
+    session = tmp_path / "session"
+    environ = plex_environment(tmp_path)
+    extra_env = change.get("env", {})
+    assert isinstance(extra_env, dict)
+    environ.update({name: value.replace("{session}", str(session)) for name, value in extra_env.items()})
+    extra_args = change.get("args", [])
+    assert isinstance(extra_args, list)
+    args = [*plex_hls_arguments(), *extra_args]
+    cwd = str(change.get("cwd", session))
+    problems = dispatcher.request_problems(args, environ, cwd, policy_for(tmp_path))
+    assert any(refusal in problem for problem in problems), problems
+
+
+def test_filter_names_are_read_as_ffmpeg_reads_a_graph() -> None:
+    graph = "[0:0]scale=w=min(1280\\,iw):h=720[0];[0]format=pix_fmts=yuv420p|nv12[1];[1]inlineass='a,b;c'[2]"
+    assert dispatcher.filter_names(graph) == ["scale", "format", "inlineass"]
+    assert dispatcher.filter_names("[0:a] aresample=async=1 , volume=2[out]") == ["aresample", "volume"]
+    # A quote or escape cannot hide a second filter behind an allowed one's arguments.
+    assert dispatcher.filter_names("scale=1:1',movie=/etc/passwd") == ["scale"]
+    assert "movie" in dispatcher.filter_names("scale=1:1\\\\,movie=/etc/passwd")
+    # Plex's unescaped ASS overrides belong to inlineass; a lower-case filter after them is a filter again.
+    overrides = "[1]inlineass=overrides=ScaledBorderAndShadow=yes,FontName=Noto Sans,Bold=500:outline=2[2]"
+    assert dispatcher.filter_names(overrides) == ["inlineass"]
+    assert dispatcher.filter_names(overrides + ";[2]movie=/etc/passwd") == ["inlineass", "movie"]
+    assert dispatcher.filter_names("scale=1:1,Bold=500") == ["scale", "Bold"]
+
+
+def test_the_guard_runs_nothing_for_an_ld_preload_header(
+    tmp_path: Path, recording_transcoder: tuple[Path, Path]
+) -> None:
+    """The attack: a run header that preloads a library into the transcoder (placed on the shared storage)."""
+    transcoder, record = recording_transcoder
+    session = tmp_path / "session"
+    session.mkdir()
+    library = session / "evil.so"
+    library.write_bytes(b"\x7fELF")
+    environ = {**plex_environment(tmp_path), "LD_PRELOAD": str(library)}
+    result = run_guard(
+        guard_argv(guard_config(tmp_path, transcoder)) + plex_hls_arguments(),
+        dispatcher.run_header(environ, str(session)),
+    )
+    assert result.returncode == dispatcher.GUARD_REFUSED_EXIT
+    assert result.stderr.startswith(dispatcher.REFUSED_PREFIX)
+    assert b"LD_PRELOAD" in result.stderr
+    assert not record.exists(), "the transcoder never started"
+    log = (tmp_path / "guard.log").read_text()
+    assert "WARNING refused: environment variable LD_PRELOAD is not one Plex's transcoder is given" in log
+    assert TOKEN not in log
+
+
+def test_a_request_a_slave_would_refuse_stays_local_without_marking_the_slave_bad(
+    tmp_path: Path, recording_transcoder: tuple[Path, Path]
+) -> None:
+    transcoder, record = recording_transcoder
+    (tmp_path / "known_hosts").write_text("")
+    config = {
+        "slaves": [{"name": "den", "host": "127.0.0.1", "port": 9, "user": "plex"}],
+        "local_transcoder": str(transcoder),
+        "plex_version": ORIGIN_VERSION,
+        "known_hosts": str(tmp_path / "known_hosts"),
+        "state_dir": str(tmp_path / "st"),
+        "log_path": str(tmp_path / "origin.log"),
+        "read_dirs": [MEDIA_DIR],
+        "write_dirs": [str(tmp_path)],
+    }
+    (tmp_path / "origin.json").write_text(json.dumps(config))
+    environ = {"PATH": "/usr/bin:/bin", "EXIT_WITH": "6", dispatcher.CONFIG_ENV: str(tmp_path / "origin.json")}
+    result = subprocess.run(
+        [sys.executable, str(DISPATCHER), "-i", "/etc/shadow", "-f", "null", "-"],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 6 and record.exists()
+    log = (tmp_path / "origin.log").read_text()
+    assert "transcoding locally (a slave would refuse this transcode: input '/etc/shadow'" in log
+    assert "EXIT_WITH" in log, "the variables kept back are named"
+    assert HostState(tmp_path / "st").bad_hosts() == {}

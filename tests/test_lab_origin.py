@@ -290,8 +290,8 @@ def _png_size(body: bytes) -> tuple[int, int]:
 def test_artwork_is_deterministic_and_counted(origin: BackgroundOrigin) -> None:
     query = "url=%2Flibrary%2Fmetadata%2F7%2Fthumb%2F1700000000&width=120&height=180"
     key = artwork_key(ARTWORK_PATH, query)
-    first = request(origin, f"{ARTWORK_PATH}?{query}&X-Plex-Token=viewer-one")
-    second = request(origin, f"{ARTWORK_PATH}?X-Plex-Token=viewer-two&{query}")
+    first = request(origin, f"{ARTWORK_PATH}?{query}&X-Plex-Token={TOKEN}")
+    second = request(origin, f"{ARTWORK_PATH}?X-Plex-Token={TOKEN}&{query}")
     assert first[0] == second[0] == 200
     assert first[2] == second[2]
     assert _png_size(first[2]) == (120, 180)
@@ -301,12 +301,23 @@ def test_artwork_is_deterministic_and_counted(origin: BackgroundOrigin) -> None:
     assert origin.stats()["artwork"]["by_key"][key] == 2
     assert fetch_stats(origin.url)["artwork"]["by_key"][key] == 2
 
-    other = request(origin, f"{ARTWORK_PATH}?url=%2Flibrary%2Fmetadata%2F8%2Fthumb&width=120&height=180")
+    other = request(
+        origin, f"{ARTWORK_PATH}?url=%2Flibrary%2Fmetadata%2F8%2Fthumb&width=120&height=180", {"X-Plex-Token": TOKEN}
+    )
     assert other[2] != first[2]
-    smaller = request(origin, f"{ARTWORK_PATH}?url=%2Flibrary%2Fmetadata%2F7%2Fthumb%2F1700000000&width=60")
+    smaller = request(
+        origin, f"{ARTWORK_PATH}?url=%2Flibrary%2Fmetadata%2F7%2Fthumb%2F1700000000&width=60", {"X-Plex-Token": TOKEN}
+    )
     assert _png_size(smaller[2]) == (60, 64)
     assert origin.stats()["artwork"]["by_key"][key] == 2
-    assert request(origin, f"{ARTWORK_PATH}?width=wide")[0] == 400
+    assert request(origin, f"{ARTWORK_PATH}?width=wide", {"X-Plex-Token": TOKEN})[0] == 400
+
+
+def test_artwork_needs_the_token(origin: BackgroundOrigin) -> None:
+    query = "url=https%3A%2F%2Fimage.tmdb.org%2Ft%2Fp%2Fw300%2Fposter.jpg&width=120"
+    assert request(origin, f"{ARTWORK_PATH}?{query}")[0] == 401
+    assert request(origin, f"{ARTWORK_PATH}?{query}&X-Plex-Token=someone-else")[0] == 401
+    assert request(origin, f"{ARTWORK_PATH}?{query}", {"X-Plex-Token": TOKEN})[0] == 200
 
 
 def test_artwork_key_drops_and_redacts_tokens() -> None:

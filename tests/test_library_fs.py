@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import socketserver
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -139,8 +140,12 @@ def test_the_peer_check_marks_a_seeder_whose_peer_is_gone(library: BoundedLibrar
     assert saved(library)["seeders"]["alice"]["state"] == "ok", "no answer from kubo is not a gone peer"
 
 
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 class FakeKuboPeers:
-    def __init__(self, peers: Any) -> None:
+    def __init__(self, peers: Any, unix_socket: str = "") -> None:
         answer = json.dumps({"Peers": peers}).encode()
 
         class Handler(BaseHTTPRequestHandler):
@@ -154,9 +159,14 @@ class FakeKuboPeers:
                 self.end_headers()
                 self.wfile.write(answer)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server: socketserver.BaseServer
+        if unix_socket:
+            self.server = _UnixHTTPServer(unix_socket, Handler)
+            self.url = f"unix:{unix_socket}"
+        else:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -168,6 +178,15 @@ def test_connected_peers_reads_kubos_answer(answer: Any, expected: set[str]) -> 
     kubo = FakeKuboPeers(answer)
     try:
         assert libraryfs.connected_peers(kubo.url, 5) == expected
+    finally:
+        kubo.close()
+
+
+def test_connected_peers_asks_kubo_on_its_unix_socket(tmp_path: Path) -> None:
+    """Peers serve kubo's API on a Unix socket only its group may reach (see what-home-machines-trust.md)."""
+    kubo = FakeKuboPeers([{"Peer": PEER, "Addr": "/ip4/x"}], unix_socket=str(tmp_path / "api.sock"))
+    try:
+        assert libraryfs.connected_peers(kubo.url, 5) == {PEER}
     finally:
         kubo.close()
 

@@ -158,9 +158,10 @@ def test_each_config_is_valid_kubo_and_names_every_other_peer(swarm: Any) -> Non
         assert set(document["Bootstrap"]) == expected, peer.name
         assert {p["ID"] for p in document["Peering"]["Peers"]} == {ids[name] for name in others}
         assert "auto" not in json.dumps(document["Bootstrap"]) and document["AutoConf"]["Enabled"] is False
-        assert document["Addresses"]["API"].startswith("/ip4/127.0.0.1/") and document["Addresses"][
-            "Gateway"
-        ].startswith("/ip4/127.0.0.1/"), "RPC API and gateway on loopback only"
+        assert (document["Addresses"]["API"], document["Addresses"]["Gateway"]) == (
+            "/unix/run/plexcdn-ipfs-api/api.sock",
+            "/unix/run/plexcdn-ipfs-api/gateway.sock",
+        ), "RPC API and gateway on Unix sockets in a directory only their group may enter"
         assert document["Internal"]["Bitswap"] == {
             "EngineBlockstoreWorkerCount": 2500,
             "EngineTaskWorkerCount": 1024,

@@ -293,3 +293,29 @@ def test_offline_validation_names_a_bad_library_setting_without_a_traceback(tmp_
     assert result.returncode == 1
     assert "error: library.viewers[1].size: 'huge' is not a linode size" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (Debian package systemd)")
+def test_the_helpers_and_a_seeders_kubo_are_locked_down(config: StackConfig, tmp_path: Path) -> None:
+    """systemd-analyze's exposure score (0 best, 10 worst) of each unit as rendered. A viewer's kubo is not among
+    them: it mounts /ipfs and /ipns for Plex, which a private mount namespace would hide (see its unit)."""
+    units = {
+        f"{render.UNIT_WATCHER}.service": render.watcher_unit(config, "alice"),
+        f"{render.UNIT_WARMER}.service": render.warmer_unit(config, "carol"),
+        f"{render.UNIT_IPFS}.service": render.ipfs_unit(config, "alice"),
+    }
+    for name, text in units.items():
+        path = tmp_path / name
+        path.write_text(text)
+        result = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+        assert match is not None, result.stdout + result.stderr
+        assert float(match[1]) <= 2.0, f"{name}: exposure {match[1]}\n{result.stdout}"
+    warmer = units[f"{render.UNIT_WARMER}.service"]
+    assert "IPAddressDeny=any\nIPAddressAllow=localhost\n" in warmer, "the warmer talks to Plex on loopback only"
+    assert "RestrictAddressFamilies=AF_UNIX\n" in units[f"{render.UNIT_WATCHER}.service"], "the watcher: kubo only"

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import socket
+import socketserver
 import threading
 import time
 import tracemalloc
@@ -43,10 +44,38 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 
 # A fake kubo RPC API
 
 
-class FakeKubo:
-    """Records every call; keeps a small MFS; streams `refs` slowly so a test can watch a prefetch."""
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
 
-    def __init__(self) -> None:
+
+# What RFC 9110 allows in a field value (and what Go's net/textproto, kubo's header reader, accepts).
+_HEADER_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class MalformedHeaderError(ValueError):
+    """A multipart part header kubo would refuse, or read as more headers than the client meant."""
+
+
+def parse_part_headers(block: bytes) -> dict[str, str]:
+    """A part's header block read line by line, as a MIME reader does: any LF ends a line (a CR before it is
+    dropped), each line must be Name: value with a value of allowed bytes."""
+    headers: dict[str, str] = {}
+    for raw in block.split(b"\n"):
+        line = raw.removesuffix(b"\r")
+        name, colon, value = line.partition(b":")
+        if not colon or not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            raise MalformedHeaderError(f"malformed MIME header line: {line!r}")
+        headers[name.decode("ascii").lower()] = value.strip(b" \t").decode("utf-8", "surrogateescape")
+    return headers
+
+
+class FakeKubo:
+    """Records every call; keeps a small MFS; streams `refs` slowly so a test can watch a prefetch.
+
+    With UNIX_SOCKET it answers on that Unix socket, as kubo's API does on a peer, instead of loopback TCP."""
+
+    def __init__(self, unix_socket: str = "") -> None:
         self.lock = threading.Lock()
         self.calls: list[tuple[str, dict[str, list[str]]]] = []
         self.files: dict[str, tuple[str, int]] = {}
@@ -78,14 +107,24 @@ class FakeKubo:
             def do_POST(self) -> None:
                 fake.handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.unix_socket = unix_socket
+        self.server: socketserver.BaseServer
+        if unix_socket:
+            self.server = _UnixHTTPServer(unix_socket, Handler)
+        else:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.server.daemon_threads = True
+        self.malformed: list[str] = []
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.unix_socket:
+            return f"unix:{self.unix_socket}"
+        address = self.server.server_address
+        assert isinstance(address, tuple)
+        return f"http://127.0.0.1:{address[1]}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -211,11 +250,22 @@ class FakeKubo:
             if b"\r\n\r\n" in head:
                 break
         part_head, buffer = head.split(b"\r\n\r\n", 1)
-        lines = part_head.decode("utf-8").split("\r\n")
-        assert lines[0] == "--" + boundary.decode()
-        headers = dict(line.split(": ", 1) for line in lines[1:])
-        disposition = re.search(r'filename="([^"]*)"', headers["Content-Disposition"])
+        delimiter, _, header_block = part_head.partition(b"\r\n")
+        assert delimiter == b"--" + boundary
+        try:
+            headers = parse_part_headers(header_block)
+        except MalformedHeaderError as error:
+            with self.lock:
+                self.malformed.append(str(error))
+            for _ in chunks:
+                pass
+            _send_json(request, 400, {"Message": str(error), "Code": 0, "Type": "error"})
+            return
+        disposition = re.search(r'filename="([^"]*)"', headers["content-disposition"])
         assert disposition is not None
+        # As boxo's multipart reader: abspath-encoded through url.QueryUnescape, else abspath as it is.
+        encoded = headers.get("abspath-encoded")
+        abspath = unquote_plus(encoded) if encoded is not None else headers.get("abspath", "")
         tail = b"\r\n--" + boundary + b"--\r\n"
         digest = hashlib.sha256()
         count = 0
@@ -242,7 +292,7 @@ class FakeKubo:
                     "cid": cid,
                     "max_chunk": max_chunk,
                     "chunked": request.headers.get("Transfer-Encoding") == "chunked",
-                    "abspath": headers.get("Abspath", ""),
+                    "abspath": abspath,
                     "args": args,
                 }
             )
@@ -980,7 +1030,7 @@ def test_the_chunked_reader_never_asks_for_more_than_a_chunk() -> None:
     body = b"".join(multipart_file_body(io.BytesIO(b"data"), "a b+c%.mkv", "B", abspath="/srv/m/a b+c%.mkv"))
     assert body == (
         b'--B\r\nContent-Disposition: form-data; name="file"; filename="a%20b%2Bc%25.mkv"\r\n'
-        b"Content-Type: application/octet-stream\r\nAbspath: /srv/m/a b+c%.mkv\r\n\r\ndata\r\n--B--\r\n"
+        b"Content-Type: application/octet-stream\r\nAbspath-Encoded: /srv/m/a%20b%2Bc%25.mkv\r\n\r\ndata\r\n--B--\r\n"
     )
 
 
@@ -1124,3 +1174,81 @@ def test_without_a_status_from_the_library_file_system_the_seeders_are_unknown(
     assert {state.state for state in warmer.seeder_health().values()} == {"unknown"}
     (tmp_path / "garbage.json").write_text("{not json")
     assert warmer_module.read_fs_status(str(tmp_path / "garbage.json")) == {}
+
+
+def test_names_with_line_breaks_or_control_characters_are_refused_and_the_rest_travel_escaped(
+    kubo: FakeKubo, media: Path, make_watcher: Callable[..., Watcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file dropped into the seeder's folder names its own upload header: it must not end the header line,
+    add a header of its choosing, or write terminal codes into the journal."""
+    hostile = [
+        "Evil\r\nAbspath: /etc/shadow\r\nX: .mkv",
+        "Bare\nLF.mkv",
+        "Escape \x1b[2J\x1b]0;owned\x07.mkv",
+        "Tab\there.mkv",
+        "Next line\x85.mkv",
+        "Line separator\u2028.mkv",
+        "Dir\rwith CR/inside.mkv",
+    ]
+    fine = ["Plain.mkv", "A + B = 100% (Ünï).mkv"]
+    for name in [*hostile, *fine]:
+        write(media, name, b"x" * 10)
+    clock = Clock()
+    with caplog.at_level(logging.INFO, logger="plexcdn.library.watcher"):
+        report = add_settled(make_watcher(clock, nocopy=True), clock)
+    assert kubo.malformed == [], "every upload header reached kubo well-formed"
+    assert sorted(report.added) == sorted(fine) and report.failed == []
+    assert sorted(add["abspath"] for add in kubo.adds) == sorted(str(media / name) for name in fine)
+    assert sorted(kubo.files) == sorted(f"{ROOT}/{name}" for name in fine)
+    for name in hostile:
+        assert f"not sharing {name!r}" in caplog.text
+    assert not re.search("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]", caplog.text.replace("\n", "")), "log escaped"
+
+
+def test_watcher_and_warmer_talk_to_kubo_on_its_unix_socket(tmp_path: Path, media: Path) -> None:
+    socket_path = tmp_path / "api" / "api.sock"
+    socket_path.parent.mkdir()
+    kubo = FakeKubo(unix_socket=str(socket_path))
+    try:
+        write(media, "Film.mkv", b"f" * 100)
+        clock = Clock()
+        watcher = Watcher(
+            watcher_module.parse_config(
+                {
+                    "media_dir": str(media),
+                    "api": kubo.url,
+                    "settle_s": 10,
+                    "state_file": str(tmp_path / "state.json"),
+                }
+            ),
+            clock=clock,
+        )
+        assert add_settled(watcher, clock).added == ["Film.mkv"]
+        assert kubo.calls_of("name/publish"), "the library was published over the socket"
+        client = warmer_module.KuboClient(kubo.url, timeout_s=5)
+        assert client.call("repo/stat", [("size-only", "true")])["RepoSize"] == 0
+    finally:
+        kubo.close()
+    with pytest.raises(watcher_module.ConfigError, match="unix:/absolute"):
+        watcher_module.parse_config({"api": "unix:relative.sock"})
+    with pytest.raises(warmer_module.ConfigError, match="unix:/absolute"):
+        warmer_module.parse_config({"api": "ftp://127.0.0.1:5001"})
+
+
+def test_the_warmer_reads_the_token_from_its_systemd_credential(
+    kubo: FakeKubo,
+    plex: FakePlex,
+    make_warmer: Callable[..., Warmer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "plex-token").write_text("credential-token-77\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    warmer = make_warmer(plex_token_credential="plex-token", plex_token_file="")
+    [path] = playing(kubo, plex, "x.mkv")
+    poll_until(warmer, lambda: path in warmer.completed)
+    assert plex.tokens and set(plex.tokens) == {"credential-token-77"}
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert warmer_module.token_path(warmer.config) == "", "outside systemd, with no file, Plex is asked without one"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,11 @@ def test_example_stack_makes_each_resource_type_the_expected_number_of_times(exa
     assert counts == {
         "plex-cdn:stack_keys:StackKeys": 1,
         "digitalocean:index/sshKey:SshKey": 1,
-        # deploy key, peer CA key, a host key per VM, the edge's client key, the hub's peer-port key
-        "tls:index/privateKey:PrivateKey": 6,
-        "tls:index/selfSignedCert:SelfSignedCert": 1,
+        # deploy key, peer CA key, the edge's client CA key, a host key per VM, the edge's client key, the
+        # hub's peer-port key
+        "tls:index/privateKey:PrivateKey": 7,
+        # the peer CA and the edge's client CA
+        "tls:index/selfSignedCert:SelfSignedCert": 2,
         "tls:index/certRequest:CertRequest": 2,
         "tls:index/locallySignedCert:LocallySignedCert": 2,
         "plex-cdn:certbot_user:CertbotUser": 1,
@@ -256,6 +259,14 @@ def test_five_pop_tree(tmp_path: Path) -> None:
     assert len(monitor.of_type("aws:route53/healthCheck:HealthCheck")) == 5
     # A client certificate per edge, a peer-port certificate per POP with downstream POPs (us, eu, asia).
     assert len(monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")) == 6
+    # Each edge's client certificate comes from a client CA of its own, and a POP's peer port accepts the CAs
+    # of its own downstream POPs and no one else's.
+    client_cas = {r.name for r in monitor.of_type("tls:index/selfSignedCert:SelfSignedCert")} - {"keys-peer-ca"}
+    assert client_cas == {f"keys-{pop}-client-ca" for pop in ("asia", "sg", "uk")}
+    for pop, downstream in {"us": ("asia",), "eu": ("uk",), "asia": ("sg",)}.items():
+        release = monitor.named(f"{pop}-nginx-deploy").inputs["create"].split("release-")[1].split('"')[0]
+        accepted = (tmp_path / pop / f"release-{release}" / "nginx" / render.PEER_CLIENT_CAS_FILE).read_text()
+        assert sorted(re.findall(r"mock-keys-(\w+)-client-ca", accepted)) == sorted(downstream), pop
     regions = {
         r.inputs["setIdentifier"]: r.inputs["latencyRoutingPolicies"][0]["region"]
         for r in monitor.of_type("aws:route53/record:Record")
@@ -326,8 +337,13 @@ def test_origin_agent_is_installed_over_ssh_with_its_key_on_stdin(tmp_path: Path
     assert f"ip saddr {{ {ipv4} }} accept" in resolved["agent_firewall"]
     assert f"ip6 saddr {{ {ipv6} }} accept" in resolved["agent_firewall"]
     assert "dport 32443 drop" in resolved["agent_firewall"]
-    # The hub verifies the agent by the stack's origin CA and shows a client certificate from it.
-    assert len(monitor.of_type("tls:index/selfSignedCert:SelfSignedCert")) == 2
+    # The hub verifies the agent by the stack's origin CA and shows a client certificate from its own client
+    # CA, which is the one the agent accepts.
+    assert len(monitor.of_type("tls:index/selfSignedCert:SelfSignedCert")) == 4  # peer, origin, us and asia clients
+    encoded = re.search(r"echo '([A-Za-z0-9+/=]+)' \| base64 -d > \S+/hub-client-cas\.pem", command.inputs["create"])
+    assert encoded is not None
+    accepted = base64.b64decode(encoded.group(1)).decode()
+    assert re.findall(r"mock-keys-\S+", accepted) == ["mock-keys-us-client-ca"], "the hub's own CA, nothing else"
     assert monitor.named("us-origin-client-cert").parent_type == "plex-cdn:edge_pop:EdgePop"
     assert "stdin" in monitor.named("us-nginx-deploy").secret_inputs
     release = monitor.named("us-nginx-deploy").inputs["create"].split("release-")[1].split('"')[0]
@@ -442,3 +458,33 @@ def test_the_inventory_knows_the_labels_and_set_identifiers_the_program_gives(tm
     user = monitor.named("certbot-user").inputs
     assert user["name"] == inventory.certbot_user_name(config)
     assert user["tags"][preflight.STACK_TAG] == config.stack
+
+
+def test_every_certificate_the_stack_issues_lives_a_year_at_most_and_is_renewed_before_its_end(tmp_path: Path) -> None:
+    """Peer and agent certificates: a year at most (Mozilla's guidelines allow 366 days), reissued by any
+    `pulumi up` in their last 90 days."""
+    config = config_from(agent_values())
+    monitor, _ = build(config, tmp_path, home_ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nhome\n")
+    leaves = monitor.of_type("tls:index/locallySignedCert:LocallySignedCert")
+    # the agent's server certificate, the hub's for the agent and its peer port, the edge's client certificate
+    assert sorted(leaf.name for leaf in leaves) == [
+        "asia-peer-client-cert",
+        "keys-agent-cert",
+        "us-origin-client-cert",
+        "us-peer-server-cert",
+    ]
+    for leaf in leaves:
+        validity, renewal = int(leaf.inputs["validityPeriodHours"]), int(leaf.inputs["earlyRenewalHours"])
+        assert validity <= 365 * 24, leaf.name
+        assert 30 * 24 <= renewal < validity, leaf.name
+    # Each POP's client certificate comes from that POP's own client CA.
+    assert monitor.named("asia-peer-client-cert").inputs["caCertPem"] == _mock_cert("keys-asia-client-ca")
+    assert monitor.named("us-origin-client-cert").inputs["caCertPem"] == _mock_cert("keys-us-client-ca")
+    assert monitor.named("us-peer-server-cert").inputs["caCertPem"] == _mock_cert("keys-peer-ca")
+    for authority in monitor.of_type("tls:index/selfSignedCert:SelfSignedCert"):
+        assert authority.inputs["isCaCertificate"] and authority.inputs["maxPathLength"] == 0, authority.name
+        assert 0 < int(authority.inputs["earlyRenewalHours"]) < int(authority.inputs["validityPeriodHours"])
+
+
+def _mock_cert(name: str) -> str:
+    return f"-----BEGIN CERTIFICATE-----\nmock-{name}\n-----END CERTIFICATE-----\n"

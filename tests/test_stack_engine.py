@@ -79,37 +79,35 @@ def test_the_certbot_key_on_stdin_is_the_one_iam_holds(engine_run: Any) -> None:
     assert stored == json.loads(plain_inputs(monitor, "certbot-policy")["policy"])
 
 
-def test_the_peer_certificates_chain_to_the_stacks_peer_ca_and_match_their_keys(
-    engine_run: Any, tmp_path: Path
-) -> None:
+def test_peer_certificates_chain_to_the_stacks_cas_and_match_their_keys(engine_run: Any, tmp_path: Path) -> None:
+    """The hub's peer-port certificate verifies against the peer CA the edge trusts; the edge's client
+    certificate against the client CAs the hub accepts."""
     config, monitor, _ = engine_run
-    deploy = plain_inputs(monitor, "us-nginx-deploy")
-    release = deploy["create"].split("release-")[1].split('"')[0]
-    nginx_dir = tmp_path / "us" / f"release-{release}" / "nginx"
-    ca_file = nginx_dir / render.PEER_CA_FILE
-    server_cert = nginx_dir / render.PEER_SERVER_CERT_FILE
-    verified = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(ca_file), "-purpose", "sslserver", str(server_cert)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    def release_dir(pop: str) -> Path:
+        create = plain_inputs(monitor, f"{pop}-nginx-deploy")["create"]
+        return tmp_path / pop / f"release-{create.split('release-')[1].split(chr(34))[0]}" / "nginx"
+
+    hub, edge = release_dir("us"), release_dir("asia")
+
+    def verify(ca_file: Path, purpose: str, certificate: Path) -> None:
+        result = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(ca_file), "-purpose", purpose, str(certificate)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    server_cert = hub / render.PEER_SERVER_CERT_FILE
+    verify(edge / render.PEER_CA_FILE, "sslserver", server_cert)
+    verify(hub / render.PEER_CLIENT_CAS_FILE, "sslclient", edge / render.PEER_CLIENT_CERT_FILE)
     certificate = x509.load_pem_x509_certificate(server_cert.read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == [config.pop_name("us")]
-    key = serialization.load_pem_private_key(json.loads(deploy["stdin"])[render.PEER_SERVER_KEY_FILE].encode(), None)
+    keys = json.loads(plain_inputs(monitor, "us-nginx-deploy")["stdin"])
+    key = serialization.load_pem_private_key(keys[render.PEER_SERVER_KEY_FILE].encode(), None)
     assert key.public_key().public_numbers() == certificate.public_key().public_numbers()  # type: ignore[union-attr]
-    edge = plain_inputs(monitor, "asia-nginx-deploy")
-    edge_release = edge["create"].split("release-")[1].split('"')[0]
-    client_cert = tmp_path / "asia" / f"release-{edge_release}" / "nginx" / render.PEER_CLIENT_CERT_FILE
-    verified = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(ca_file), "-purpose", "sslclient", str(client_cert)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_the_plan_runs_each_vms_credentials_before_any_step_waits_for_a_first_boot(

@@ -15,9 +15,10 @@ import yaml
 
 from labs.mock_engine import SECRET_SIG, SECRET_SIG_KEY, RecordingMonitor, Registration, _fake_value, install_mocks
 from plexcdn import wireguard
-from plexcdn.config import PLEX_HOME, ConfigError, StackConfig, load_stack_file, parse_config
+from plexcdn.config import ConfigError, StackConfig, load_stack_file, parse_config
 from plexcdn.transcode import dispatcher
 from plexcdn.transcode import render as tr
+from plexcdn.transcode.layout import PLEX_HOME
 from tests.conftest import EXAMPLE_STACK, config_from, example_values, write_stack
 from tests.transcode_fixtures import (
     ORIGIN_HOST,
@@ -257,7 +258,7 @@ def test_exports_and_mounts_agree_path_for_path_with_the_slaves_addresses(mixed:
     transcode = config.transcode
     exported = parse_exports(written_files(script(monitor, "transcode-origin-share"))[tr.EXPORTS_FILE])
     expected_clients = {"den": "192.168.1.20", "nyc": "10.78.0.2", "tokyo": "10.78.0.3"}
-    assert list(exported) == [path for _, path, _ in transcode.shared_paths]
+    assert list(exported) == [shared.path for shared in tr.shared_directories(transcode)]
     for path, clients in exported.items():
         assert set(clients) == set(expected_clients.values()), path
     for slave, address in expected_clients.items():

@@ -107,7 +107,7 @@ def test_exports_and_mounts_agree_path_for_path(stack: str) -> None:
     transcode = config.transcode
     assert transcode is not None
     exported = parse_exports(tr.exports_file(config))
-    assert list(exported) == [APP_DATA, TRANSCODE_DIR, *MEDIA]
+    assert list(exported) == [f"{APP_DATA}/Codecs", TRANSCODE_DIR, *MEDIA]
     addresses = {transcode.slave_address(slave.name) for slave in transcode.slaves}
     for path, clients in exported.items():
         assert set(clients) == addresses, f"{path} must go to exactly the slaves"
@@ -124,6 +124,7 @@ def test_exports_and_mounts_agree_path_for_path(stack: str) -> None:
             assert ("ro" in options) == ("ro" in export_options) == (not writable), path
             assert "root_squash" in export_options and "no_root_squash" not in export_options
             assert ("actimeo=1" in options) == writable
+            assert {"nosuid", "nodev"} <= set(options), "nothing on a share is a program to run with privileges"
         if slave.kind == "cloud":
             assert address == str(transcode.tunnel_address(slave.name))
             assert {server for server, _, _ in mounted.values()} == {str(transcode.origin_tunnel_address)}
@@ -243,7 +244,7 @@ def test_dispatcher_configs_are_what_the_dispatcher_accepts(config: StackConfig)
     assert {s.guard_path for s in origin.slaves} == {tr.DISPATCHER_PATH}
     assert origin.plex_version == "", "the Plex server's version is read from dpkg at every transcode"
     assert origin.real_local_transcoder() != tr.TRANSCODER
-    guard = dispatcher.parse_config(tr.guard_config())
+    guard = dispatcher.parse_config(tr.guard_config(transcode))
     assert guard.transcoder == tr.TRANSCODER
     assert guard.plex_version == "", "a slave's probe must report what is installed, not what was asked for"
 
@@ -285,7 +286,8 @@ def test_slave_scripts_pin_the_version_and_hand_the_guard_to_the_dispatcher(conf
         assert "systemctl disable --now plexmediaserver.service" in script
         assert "useradd --system --uid 999 --gid 998" in script
         assert "--authorized-keys-line" in script and "'ssh-ed25519 AAAAdispatch plex-cdn-dev-dispatch'" in script
-        assert written_files(script)[tr.GUARD_CONFIG] == json.dumps(tr.guard_config(), indent=1) + "\n"
+        assert config.transcode is not None
+        assert written_files(script)[tr.GUARD_CONFIG] == json.dumps(tr.guard_config(config.transcode), indent=1) + "\n"
         assert written_files(script)["/etc/apt/sources.list.d/plexmediaserver.list"] == tr.PLEX_APT_SOURCE + "\n"
     assert "--from 10.78.0.1" in cloud, "over the tunnel the dispatch key is good from the origin's address only"
     assert "--from" not in host
@@ -296,7 +298,7 @@ def test_the_origin_checks_itself_against_the_settings(config: StackConfig) -> N
     script = tr.origin_share_script(config)
     assert '[ "$installed" = "1.41.3.9314-a0bfb8370" ]' in script
     assert '[ "$uid" = "999" ]' in script and '[ "$gid" = "998" ]' in script
-    for path in (APP_DATA, TRANSCODE_DIR, *MEDIA):
+    for path in (APP_DATA, f"{APP_DATA}/Codecs", TRANSCODE_DIR, *MEDIA):
         assert f"[ -d {shlex.quote(path)} ]" in script
     assert written_files(script)[tr.EXPORTS_FILE] == tr.exports_file(config)
     assert "exportfs -ra" in script
@@ -364,12 +366,12 @@ def test_authorized_keys_gain_the_guard_line_and_keep_the_owners_keys(config: St
         check=True,
     ).stdout.strip()
     assert line.startswith("restrict,") and "command=" in line and line.endswith(comment)
-    call = prelude(config) + 'plexcdn_authorize_key "$1" "$(id -un)" "$2" "$3"\n'
+    call = prelude(config) + 'plexcdn_authorize_key "$1" "$(id -un):$(id -gn)" 0640 "$2" "$3"\n'
     for _ in range(2):
         result = run_bash(call, str(keys), comment, line)
         assert result.returncode == 0, result.stderr
         assert keys.read_text() == own + line + "\n"
-    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o640
     assert run_bash(call, str(keys), comment, "").returncode == 0
     assert keys.read_text() == own
 
@@ -436,3 +438,121 @@ def test_secret_file_script_takes_the_secret_from_stdin_only(tmp_path: Path) -> 
     empty = run_bash(script, stdin="")
     assert empty.returncode != 0 and "nothing arrived" in empty.stderr
     assert path.read_text() == secret, "an empty stdin never replaces the key"
+
+
+# --- what keeps a slave's plex account to transcoding -----------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="needs sshd (Debian package openssh-server)")
+def test_sshd_reads_the_plex_accounts_keys_from_the_root_owned_file_only(config: StackConfig, tmp_path: Path) -> None:
+    drop_in = tmp_path / "plexcdn-transcode.conf"
+    drop_in.write_text(tr.sshd_drop_in(config))
+    host_key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    main = tmp_path / "sshd_config"
+    # Debian's sshd_config: its drop-ins first, then settings of its own that must stay global.
+    main.write_text(f"Include {drop_in}\nHostKey {host_key}\nUsePAM yes\nX11Forwarding yes\nPrintMotd no\n")
+    assert subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(main)], capture_output=True, check=False).returncode == 0
+
+    def effective(user: str) -> dict[str, str]:
+        out = subprocess.run(
+            ["/usr/sbin/sshd", "-T", "-f", str(main), "-C", f"user={user},host=origin,addr=192.168.1.10"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    plex = effective(tr.SLAVE_USER)
+    assert plex["authorizedkeysfile"] == tr.SLAVE_AUTHORIZED_KEYS
+    assert (plex["permittty"], plex["allowtcpforwarding"], plex["x11forwarding"]) == ("no", "remote", "no")
+    assert plex["permituserrc"] == "no" and plex["allowagentforwarding"] == "no"
+    other = effective("admin")
+    assert other["authorizedkeysfile"] == ".ssh/authorized_keys .ssh/authorized_keys2", "nobody else's keys move"
+    assert other["x11forwarding"] == "yes" and other["permittty"] == "yes"
+
+
+def test_the_slave_puts_the_key_where_plex_cannot_write_and_gives_plex_a_home_of_roots(config: StackConfig) -> None:
+    script = tr.slave_setup_script(config, "den", "ssh-ed25519 AAAAdispatch plex-cdn-dev-dispatch")
+    files = written_files(script)
+    assert files[tr.SSHD_DROP_IN] == tr.sshd_drop_in(config)
+    assert f"plexcdn_authorize_key {tr.SLAVE_AUTHORIZED_KEYS} root:{tr.SLAVE_USER} 0640" in script
+    assert f"install -d -o root -g root -m 0755 {tr.SLAVE_HOME}" in script
+    assert f"--home {tr.SLAVE_HOME} {tr.SLAVE_USER}" in script
+    assert "sshd -t" in script and "sshd -T -C user=plex" in script
+    teardown = tr.slave_teardown_script(config, "den")
+    assert f"rm -f {tr.SLAVE_AUTHORIZED_KEYS} {tr.SSHD_DROP_IN}" in teardown
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="nft --check needs root and nftables")
+def test_the_slave_filter_and_its_unit_load(config: StackConfig, tmp_path: Path) -> None:
+    rules = tmp_path / "filter.nft"
+    rules.write_text(tr.slave_filter(config))
+    result = subprocess.run(["nft", "-c", "-f", str(rules)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "meta skuid != 999" in rules.read_text() and "tcp dport 32400" in rules.read_text()
+    script = tr.slave_setup_script(config, "den")
+    assert written_files(script)[tr.SLAVE_FILTER] == tr.slave_filter(config)
+    if shutil.which("systemd-analyze") is not None:
+        unit = tmp_path / f"{tr.SLAVE_FILTER_UNIT}.service"
+        unit.write_text(tr.slave_filter_unit(config))
+        verified = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, check=False
+        )
+        assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+
+
+def make_key(home: Path, name: str) -> tuple[str, str]:
+    """An OpenPGP key made in HOME: (its fingerprint, its public key armoured)."""
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    try:
+        subprocess.run(
+            [*gpg, "--quick-gen-key", f"{name} <{name}@example.com>", "ed25519", "sign", "never"], env=env, check=True
+        )
+        listing = subprocess.run(
+            ["gpg", "--batch", "--with-colons", "--list-keys"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        armoured = subprocess.run(
+            ["gpg", "--batch", "--armor", "--export", fingerprint], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+    return fingerprint, armoured
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg (Debian package gpg)")
+def test_the_apt_key_is_trusted_only_when_it_is_the_published_one(config: StackConfig, tmp_path: Path) -> None:
+    plex_fingerprint, plex_key = make_key(tmp_path / "publisher", "publisher")
+    other_fingerprint, other_key = make_key(tmp_path / "attacker", "attacker")
+    call = prelude(config) + 'plexcdn_fetch_apt_key "file://$1" "$2" "$3"\n'
+    keyring = tmp_path / "plexmediaserver.v2.gpg"
+    served = tmp_path / "served.key"
+
+    def fetch(text: str) -> subprocess.CompletedProcess[str]:
+        served.write_text(text)
+        return run_bash(call, str(served), plex_fingerprint, str(keyring))
+
+    for wrong in (other_key, plex_key + other_key, other_key + plex_key, "not a key\n"):
+        result = fetch(wrong)
+        assert result.returncode != 0 and "not the one its publisher names" in result.stderr, result.stderr
+        assert not keyring.exists(), "nothing is trusted"
+    result = fetch(plex_key)
+    assert result.returncode == 0, result.stderr
+    shown = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--show-keys", str(keyring)],
+        env={**os.environ, "GNUPGHOME": str(tmp_path / "publisher")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    primaries = [line for line in shown.splitlines() if line.startswith("pub:")]
+    assert len(primaries) == 1 and f":{plex_fingerprint}:" in shown and other_fingerprint not in shown
+    assert stat.S_IMODE(keyring.stat().st_mode) == 0o644
+    script = tr.slave_setup_script(config, "den")
+    assert f"plexcdn_fetch_apt_key {tr.PLEX_APT_KEY_URL} {tr.PLEX_APT_KEY_FINGERPRINT} {tr.PLEX_APT_KEYRING}" in script
+    assert written_files(script)["/etc/apt/sources.list.d/plexmediaserver.list"] == (
+        f"deb [signed-by={tr.PLEX_APT_KEYRING}] https://repo.plex.tv/deb/ public main\n"
+    )

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-API_ADDRESS: Final = "/ip4/127.0.0.1/tcp/5001"
-API_URL: Final = "http://127.0.0.1:5001"
-GATEWAY_ADDRESS: Final = "/ip4/127.0.0.1/tcp/8080"
+# kubo's RPC API has no authorization of its own on loopback, and it can publish into the library, read the
+# keys and stop the daemon: so it listens on a Unix socket in a directory only the group API_GROUP may enter.
+# systemd makes the directory (RuntimeDirectory, mode 0750, the daemon's group) and removes it when kubo stops.
+API_GROUP: Final = "plexcdn-ipfs-api"
+RUNTIME_DIR: Final = "/run/plexcdn-ipfs-api"
+API_SOCKET: Final = f"{RUNTIME_DIR}/api.sock"
+API_ADDRESS: Final = f"/unix{API_SOCKET}"
+API_URL: Final = f"unix:{API_SOCKET}"
+# The gateway serves every block of the swarm to whoever asks: the same directory keeps it to the same group.
+GATEWAY_ADDRESS: Final = f"/unix{RUNTIME_DIR}/gateway.sock"
 _DEFAULTS: Final = Path(__file__).with_name("kubo-defaults.json")
 
 

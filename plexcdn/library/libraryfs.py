@@ -25,7 +25,7 @@ Configuration (JSON object):
   op_timeout_s       bound on every call on kubo's mount            15
   workers_per_seeder calls on one seeder's files at once            8
   status_file        where the state is written                     "/var/lib/plex-cdn/library/fs-status.json"
-  api                kubo's RPC API                                 "http://127.0.0.1:5001"
+  api                kubo's RPC API: unix:/path or http://host:port  "http://127.0.0.1:5001"
   health_interval_s  pause between asks of kubo's peer list         30
 """
 
@@ -41,6 +41,7 @@ import logging
 import os
 import posixpath
 import re
+import socket
 import stat
 import sys
 import threading
@@ -133,8 +134,8 @@ def parse_config(values: object, where: str = "config") -> FsConfig:
         raise ConfigError(f"{where}: mount_point must be an absolute folder other than /")
     if config.op_timeout_s <= 0 or config.health_interval_s <= 0 or config.workers_per_seeder < 1:
         raise ConfigError(f"{where}: op_timeout_s and health_interval_s must be > 0, workers_per_seeder >= 1")
-    if urlsplit(config.api).scheme != "http" or not urlsplit(config.api).hostname:
-        raise ConfigError(f"{where}: api must be an http:// URL, not {config.api!r}")
+    if not _api_is_valid(config.api):
+        raise ConfigError(f"{where}: api must be unix:/absolute/socket/path or an http:// URL, not {config.api!r}")
     return config
 
 
@@ -289,10 +290,41 @@ def write_json_atomically(path: str, value: Mapping[str, Any]) -> None:
             os.unlink(temporary)
 
 
+def _api_is_valid(api: str) -> bool:
+    if api.startswith("unix:"):
+        return api[len("unix:") :].startswith("/")
+    parts = urlsplit(api)
+    return parts.scheme == "http" and bool(parts.hostname)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP to kubo's API on its Unix socket (this file is copied alone: the warmer's twin is not importable)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.settimeout(self.timeout)
+            connection.connect(self.socket_path)
+        except BaseException:
+            connection.close()
+            raise
+        self.sock = connection
+
+
+def _kubo_connection(api: str, timeout: float) -> http.client.HTTPConnection:
+    if api.startswith("unix:"):
+        return _UnixHTTPConnection(api[len("unix:") :], timeout)
+    parts = urlsplit(api)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 5001, timeout=timeout)
+
+
 def connected_peers(api: str, timeout: float) -> set[str]:
     """The peer IDs kubo is connected to (`swarm/peers`); raises OSError or ValueError when kubo does not say."""
-    parts = urlsplit(api)
-    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 5001, timeout=timeout)
+    connection = _kubo_connection(api, timeout)
     try:
         connection.request("POST", "/api/v0/swarm/peers")
         response = connection.getresponse()

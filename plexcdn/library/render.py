@@ -23,6 +23,10 @@ from plexcdn.transcode.render import HEREDOC_END, as_root, render_template
 from plexcdn.vm_identity import VmIdentity
 
 IPFS_USER: Final = "plexcdn-ipfs"
+# The cache warmer asks this machine's Plex with the owner's token: an account of its own, not kubo's, which
+# faces the swarm.
+WARMER_USER: Final = "plexcdn-warmer"
+TOKEN_CREDENTIAL: Final = "plex-token"  # noqa: S105 - the credential's name
 # kubo's filestore (seeders add media in place, not copied) takes only files below the repository's parent
 # directory: with the repository at the top level, a media folder anywhere qualifies.
 IPFS_PATH: Final = "/plexcdn-ipfs"
@@ -167,7 +171,7 @@ def warmer_config(peer: LibraryPeerConfig, seeders: Mapping[str, str]) -> dict[s
     """`seeders`: each seeder's name and IPNS name."""
     return {
         "plex_url": "http://127.0.0.1:32400",
-        "plex_token_file": PLEX_TOKEN_FILE,
+        "plex_token_credential": TOKEN_CREDENTIAL,
         "api": kubo.API_URL,
         "mounts": {peer.library_path(name): f"/ipns/{ipns}" for name, ipns in sorted(seeders.items())},
         "interval_s": 5,
@@ -216,6 +220,8 @@ def install_script(
         "kubo": kubo.RELEASE,
         "digest": digest(document),
         "ipfs_user": IPFS_USER,
+        "warmer_user": WARMER_USER,
+        "api_group": kubo.API_GROUP,
         "ipfs_path": IPFS_PATH,
         "ipfs_binary": IPFS_BINARY,
         "config_dir": CONFIG_DIR,
@@ -262,6 +268,8 @@ def uninstall_script(config: StackConfig, peer_name: str) -> str:
             peer=peer,
             units=[UNIT_WARMER, UNIT_FS, UNIT_WATCHER, UNIT_IPFS],
             ipfs_user=IPFS_USER,
+            warmer_user=WARMER_USER,
+            api_group=kubo.API_GROUP,
             ipfs_path=IPFS_PATH,
             ipfs_binary=IPFS_BINARY,
             config_dir=CONFIG_DIR,
@@ -281,6 +289,8 @@ def ipfs_unit(config: StackConfig, peer_name: str) -> str:
         swarm=_require_library(config).swarm,
         peer=peer,
         ipfs_user=IPFS_USER,
+        api_group=kubo.API_GROUP,
+        runtime_dir_name=posixpath.basename(kubo.RUNTIME_DIR),
         ipfs_path=IPFS_PATH,
         ipfs_binary=IPFS_BINARY,
         firewall_path=FIREWALL_PATH,
@@ -288,25 +298,41 @@ def ipfs_unit(config: StackConfig, peer_name: str) -> str:
 
 
 def watcher_unit(config: StackConfig, peer_name: str) -> str:
+    """The watcher reads the media folder (as kubo's account, which kubo's filestore reads it as) and talks to kubo
+    on its socket, nothing else: no network at all."""
     return render_template(
         "library/service.j2",
         description=f"plex-cdn library: add new files of {_require_library(config).peer(peer_name).media_dir} to IPFS",
         user=IPFS_USER,
+        api_group=kubo.API_GROUP,
         program=f"{PROGRAM_DIR}/watcher.py",
         config_file=f"{CONFIG_DIR}/watcher.json",
         after=f"{UNIT_IPFS}.service",
+        credentials=[],
+        protect_home="read-only",
+        read_write_paths=[posixpath.dirname(WATCHER_STATE)],
+        address_families=["AF_UNIX"],
+        loopback_only=False,
     )
 
 
 def warmer_unit(config: StackConfig, peer_name: str) -> str:
+    """The warmer, as an account of its own: Plex's token arrives as its credential, kubo on its socket, Plex on
+    loopback, and nothing else."""
     _require_library(config).peer(peer_name)
     return render_template(
         "library/service.j2",
         description="plex-cdn library: fetch the rest of what Plex is playing ahead of the player",
-        user=IPFS_USER,
+        user=WARMER_USER,
+        api_group=kubo.API_GROUP,
         program=f"{PROGRAM_DIR}/warmer.py",
         config_file=f"{CONFIG_DIR}/warmer.json",
         after=f"{UNIT_IPFS}.service",
+        credentials=[(TOKEN_CREDENTIAL, PLEX_TOKEN_FILE)],
+        protect_home="yes",
+        read_write_paths=[],
+        address_families=["AF_UNIX", "AF_INET", "AF_INET6"],
+        loopback_only=True,
     )
 
 

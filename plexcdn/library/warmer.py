@@ -15,8 +15,10 @@ that would push kubo's repository over its bound.
 
 Configuration (JSON object):
   plex_url          Plex on this machine                          "http://127.0.0.1:32400"
-  plex_token_file   X-Plex-Token, if the file exists and is not empty  "/etc/plex-cdn/library/plex-token"
-  api               kubo's RPC API                                "http://127.0.0.1:5001"
+  plex_token_credential  the systemd credential holding X-Plex-Token (LoadCredential=): read from
+                         $CREDENTIALS_DIRECTORY, which only this service's account can open    ""
+  plex_token_file   X-Plex-Token from a file instead, if it exists and is not empty  ""
+  api               kubo's RPC API: unix:/path or http://host:port  "http://127.0.0.1:5001"
   mounts            local folder -> IPFS path, e.g. {"/mnt/plex-cdn/alice": "/ipns/k51..."}
   interval_s        pause between polls of Plex                   5
   max_parallel      prefetches at once                            2
@@ -47,6 +49,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import signal
 import socket
 import sys
@@ -95,7 +98,8 @@ class PlexUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class WarmerConfig:
     plex_url: str = "http://127.0.0.1:32400"
-    plex_token_file: str = "/etc/plex-cdn/library/plex-token"  # noqa: S105 - where the token is, not the token
+    plex_token_credential: str = ""
+    plex_token_file: str = ""
     api: str = "http://127.0.0.1:5001"
     # Longest local prefix first, so that a mount inside another wins.
     mounts: tuple[tuple[str, str], ...] = ()
@@ -114,6 +118,7 @@ class WarmerConfig:
 _NUMBER = (int, float)
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "plex_url": str,
+    "plex_token_credential": str,
     "plex_token_file": str,
     "api": str,
     "mounts": dict,
@@ -161,10 +166,13 @@ def parse_config(values: object, where: str = "config") -> WarmerConfig:
         if key in settings:
             settings[key] = float(settings[key])
     config = WarmerConfig(**settings)
-    for key in ("plex_url", "api"):
-        url = urlsplit(getattr(config, key))
-        if url.scheme not in (("http", "https") if key == "plex_url" else ("http",)) or not url.hostname:
-            raise ConfigError(f"{where}: {key} must be an http URL, not {getattr(config, key)!r}")
+    url = urlsplit(config.plex_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{where}: plex_url must be an http URL, not {config.plex_url!r}")
+    if not api_is_valid(config.api):
+        raise ConfigError(f"{where}: api must be unix:/absolute/socket/path or an http:// URL, not {config.api!r}")
+    if config.plex_token_credential and not re.fullmatch(r"[A-Za-z0-9_.-]+", config.plex_token_credential):
+        raise ConfigError(f"{where}: plex_token_credential must be a credential's name, such as plex-token")
     if config.max_parallel < 1 or config.max_cache_bytes < 0:
         raise ConfigError(f"{where}: max_parallel must be >= 1 and max_cache_bytes >= 0")
     positive = (config.interval_s, config.timeout_s, config.stall_timeout_s, config.rescan_interval_s)
@@ -242,7 +250,17 @@ def map_to_ipfs(file: str, mounts: Sequence[tuple[str, str]]) -> str | None:
     return None
 
 
+def token_path(config: WarmerConfig) -> str:
+    """Where the token is: the service's credential when systemd gave it one, else the configured file."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    if config.plex_token_credential and directory:
+        return os.path.join(directory, config.plex_token_credential)
+    return config.plex_token_file
+
+
 def read_token(path: str) -> str:
+    if not path:
+        return ""
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip()
@@ -274,14 +292,42 @@ def _message(data: bytes) -> str:
     return data.decode("utf-8", "replace").strip()[:300] or "no message"
 
 
+def api_is_valid(api: str) -> bool:
+    if api.startswith("unix:"):
+        return api[len("unix:") :].startswith("/")
+    parts = urlsplit(api)
+    return parts.scheme == "http" and bool(parts.hostname)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP to kubo's API on a Unix socket: whoever may enter the socket's directory may talk to kubo."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.settimeout(self.timeout)
+            connection.connect(self.socket_path)
+        except BaseException:
+            connection.close()
+            raise
+        self.sock = connection
+
+
 class KuboClient:
     def __init__(self, api: str, timeout_s: float) -> None:
+        self.socket_path = api[len("unix:") :] if api.startswith("unix:") else ""
         parts = urlsplit(api)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 5001
         self.timeout_s = timeout_s
 
     def connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.socket_path:
+            return UnixHTTPConnection(self.socket_path, timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def call(self, command: str, params: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -514,7 +560,7 @@ class Warmer:
 
     def playing(self) -> list[str]:
         """The IPFS paths of the playing files that lie under a mount."""
-        token = read_token(self.config.plex_token_file)
+        token = read_token(token_path(self.config))
         headers = {"Accept": "application/json"}
         if token:
             headers["X-Plex-Token"] = token

@@ -16,7 +16,7 @@ adds nothing again.
 Configuration (JSON object; every key optional):
   media_dir          the folder to share                            "/srv/media"
   mfs_root           where it appears in MFS                        "/plex-cdn-library"
-  api                kubo's RPC API                                 "http://127.0.0.1:5001"
+  api                kubo's RPC API: unix:/path or http://host:port  "http://127.0.0.1:5001"
   interval_s         pause between scans                            30
   settle_s           how long a file must stay unchanged            60
   ipns_key           kubo key to publish under                      "self"
@@ -39,8 +39,10 @@ import json
 import logging
 import os
 import posixpath
+import re
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -53,6 +55,9 @@ if TYPE_CHECKING:
     from types import FrameType
 
 DEFAULT_CONFIG = "/etc/plex-cdn/library/watcher.json"
+# A name with one of these is not shared: line breaks (CR, LF, NEL, U+2028/9), terminal escapes and the other C0
+# and C1 controls would reach kubo's MFS, the friends' Plex libraries and this service's log as they are.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 CHUNK_SIZE = 1 << 20
 STATE_VERSION = 1
 Params = Sequence[tuple[str, str]]
@@ -151,8 +156,8 @@ def _check_ranges(config: WatcherConfig, where: str) -> None:
         raise ConfigError(f"{where}: mfs_root must be a normalised absolute MFS path other than /, not {root!r}")
     if not os.path.isabs(config.media_dir):
         raise ConfigError(f"{where}: media_dir must be an absolute path")
-    if urlsplit(config.api).scheme != "http" or not urlsplit(config.api).hostname:
-        raise ConfigError(f"{where}: api must be an http:// URL, not {config.api!r}")
+    if not api_is_valid(config.api):
+        raise ConfigError(f"{where}: api must be unix:/absolute/socket/path or an http:// URL, not {config.api!r}")
     if config.interval_s <= 0 or config.settle_s < 0 or config.max_adds_per_scan < 1:
         raise ConfigError(f"{where}: interval_s must be > 0, settle_s >= 0 and max_adds_per_scan >= 1")
     if min(config.timeout_s, config.add_timeout_s) <= 0:
@@ -172,6 +177,31 @@ def load_config(path: str) -> WatcherConfig:
 
 # --------------------------------------------------------------------------------------------------
 # kubo's RPC API
+
+
+def api_is_valid(api: str) -> bool:
+    if api.startswith("unix:"):
+        return api[len("unix:") :].startswith("/")
+    parts = urlsplit(api)
+    return parts.scheme == "http" and bool(parts.hostname)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP to kubo's API on a Unix socket: whoever may enter the socket's directory may talk to kubo."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.settimeout(self.timeout)
+            connection.connect(self.socket_path)
+        except BaseException:
+            connection.close()
+            raise
+        self.sock = connection
 
 
 def rpc_target(command: str, params: Params) -> str:
@@ -237,8 +267,10 @@ def multipart_file_body(
         "Content-Type: application/octet-stream",
     ]
     if abspath:
-        # The filestore records where the blocks live instead of copying them.
-        headers.append(f"Abspath: {abspath}")
+        # The filestore records where the blocks live instead of copying them. kubo reads this header through
+        # url.QueryUnescape ('+' would be a space), so every byte but '/' and the unreserved ones travels escaped:
+        # a name can never end the header line or carry bytes a header may not hold.
+        headers.append(f"Abspath-Encoded: {quote(abspath, safe='/')}")
     yield ("\r\n".join(headers) + "\r\n\r\n").encode("utf-8")
     for chunk in iter_chunks(stream, chunk_size):
         if stop is not None and stop.is_set():
@@ -249,6 +281,7 @@ def multipart_file_body(
 
 class KuboClient:
     def __init__(self, api: str, timeout_s: float = 30.0, add_timeout_s: float = 3600.0) -> None:
+        self.socket_path = api[len("unix:") :] if api.startswith("unix:") else ""
         parts = urlsplit(api)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 5001
@@ -256,6 +289,8 @@ class KuboClient:
         self.add_timeout_s = add_timeout_s
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.socket_path:
+            return UnixHTTPConnection(self.socket_path, timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def call(self, command: str, params: Params = ()) -> list[Any]:
@@ -445,11 +480,13 @@ class Watcher:
         except UnicodeEncodeError:
             reason = "its name is not UTF-8"
         else:
-            if "\n" not in rel and "\r" not in rel:
+            control = CONTROL_CHARACTERS.search(rel)
+            if control is None:
                 return True
-            reason = "its name holds a line break"
+            reason = f"its name holds the control character {control.group(0)!r}"
         if rel not in self._warned:
             self._warned.add(rel)
+            # repr: the name goes into the journal escaped, never as the line breaks or terminal codes it holds.
             log.warning("not sharing %r: %s", rel, reason)
         return False
 

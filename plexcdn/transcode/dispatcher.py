@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import os
+import posixpath
 import re
 import shlex
 import signal
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -53,8 +55,8 @@ REDACTED = "<redacted>"
 TRANSCODER_NAME = "Plex Transcoder"
 REAL_SUFFIX = ".real"
 DEFAULT_VERSION_COMMAND = ("dpkg-query", "--showformat=${Version}", "--show", "plexmediaserver")
-# Forwarding these would describe the origin's SSH session or this tool's own setup, not the transcode.
-ENV_NOT_FORWARDED = re.compile(r"^(SSH_.*|PLEXCDN_TRANSCODE_CONFIG|DISPLAY|XAUTHORITY)$")
+DEFAULT_PLEX_DIR = "/usr/lib/plexmediaserver"
+DEFAULT_APP_DATA_DIR = "/var/lib/plexmediaserver/Library/Application Support/Plex Media Server"
 SECRET_ENV_NAME = re.compile(r"TOKEN", re.IGNORECASE)
 TOKEN_IN_TEXT = re.compile(
     r"(?i)(x[-_]plex[-_]token)((?:%3D|[\"']?\s*[=:]\s*[\"']?|\s+))([^\s&\"',;}\]]+)",
@@ -121,6 +123,12 @@ class Config:
     ssh: str = "ssh"
     loadavg_path: str = "/proc/loadavg"
     cpu_count: int = 0
+    # What a transcode may name (see "What a transcode may ask for"): the shared directories it reads and writes,
+    # and where Plex keeps its app data and its own files. Empty lists: no path at all.
+    app_data_dir: str = DEFAULT_APP_DATA_DIR
+    plex_dir: str = DEFAULT_PLEX_DIR
+    read_dirs: tuple[str, ...] = ()
+    write_dirs: tuple[str, ...] = ()
 
     def real_local_transcoder(self) -> str:
         return self.local_transcoder or os.path.abspath(__file__) + REAL_SUFFIX
@@ -154,7 +162,12 @@ _CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
     "ssh": str,
     "loadavg_path": str,
     "cpu_count": int,
+    "app_data_dir": str,
+    "plex_dir": str,
+    "read_dirs": list,
+    "write_dirs": list,
 }
+_LIST_KEYS = ("slaves", "version_command", "read_dirs", "write_dirs")
 
 
 def _check_keys(where: str, values: Mapping[str, Any], types: Mapping[str, type | tuple[type, ...]]) -> None:
@@ -213,8 +226,23 @@ def parse_config(values: object, where: str = "config") -> Config:
     version_command = values.get("version_command", list(DEFAULT_VERSION_COMMAND))
     if not version_command or not all(isinstance(word, str) for word in version_command):
         raise ConfigError(f"{where}: version_command must be a non-empty list of strings")
-    simple = {k: v for k, v in values.items() if k not in ("slaves", "version_command")}
-    config = Config(slaves=tuple(slaves), version_command=tuple(version_command), **simple)
+    directories: list[tuple[str, ...]] = []
+    for key in ("read_dirs", "write_dirs"):
+        listed = values.get(key, [])
+        if not all(isinstance(item, str) and _is_clean_absolute(item) and item != "/" for item in listed):
+            raise ConfigError(f"{where}: {key} must list absolute, normalised directories other than /")
+        directories.append(tuple(listed))
+    for key in ("app_data_dir", "plex_dir"):
+        if key in values and not _is_clean_absolute(values[key]):
+            raise ConfigError(f"{where}: {key} must be an absolute, normalised path")
+    simple = {k: v for k, v in values.items() if k not in _LIST_KEYS}
+    config = Config(
+        slaves=tuple(slaves),
+        version_command=tuple(version_command),
+        read_dirs=directories[0],
+        write_dirs=directories[1],
+        **simple,
+    )
     _check_ranges(config, where)
     return config
 
@@ -243,11 +271,527 @@ def config_as_json(config: Config) -> dict[str, Any]:
         value = getattr(config, item.name)
         if item.name == "slaves":
             values["slaves"] = [{f.name: getattr(slave, f.name) for f in fields(slave)} for slave in value]
-        elif item.name == "version_command":
-            values["version_command"] = list(value)
+        elif item.name in ("version_command", "read_dirs", "write_dirs"):
+            values[item.name] = list(value)
         else:
             values[item.name] = value
     return values
+
+
+# --------------------------------------------------------------------------------------------------
+# What a transcode may ask for
+#
+# The guard runs Plex's transcoder with the environment, arguments and working directory the origin sends.
+# Whoever holds the dispatch key would otherwise choose a library to preload, files to overwrite and hosts to
+# reach, as the slave's plex account. So both sides hold a request to the lists below, each entry with the
+# reason Plex's transcoder needs it: the dispatcher forwards only the variables listed (and transcodes locally
+# what a slave would refuse), and the guard refuses, and logs, any request naming anything else.
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    app_data_dir: str
+    plex_dir: str
+    read_dirs: tuple[str, ...]
+    write_dirs: tuple[str, ...]
+    plex_port: int
+
+    @classmethod
+    def of(cls, config: Config) -> RequestPolicy:
+        return cls(config.app_data_dir, config.plex_dir, config.read_dirs, config.write_dirs, config.plex_port)
+
+
+def _is_clean_absolute(path: str) -> bool:
+    return path.startswith("/") and not path.startswith("//") and posixpath.normpath(path) == path.rstrip("/")
+
+
+def _inside(path: str, directories: Sequence[str]) -> bool:
+    """Whether the absolute PATH names something inside (or is) one of DIRECTORIES, read lexically."""
+    if not _is_clean_absolute(path):
+        return False
+    clean = posixpath.normpath(path)
+    return any(clean == root or clean.startswith(root.rstrip("/") + "/") for root in directories)
+
+
+_SYSTEM_BIN_DIRS = frozenset({"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"})
+_LOCALE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+_WORD = re.compile(r"[A-Za-z0-9 ._()/+-]{0,64}")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def _env_path_list(value: str, _policy: RequestPolicy) -> bool:
+    return all(entry in _SYSTEM_BIN_DIRS for entry in value.split(":"))
+
+
+def _env_absolute(value: str, _policy: RequestPolicy) -> bool:
+    return _is_clean_absolute(value)
+
+
+def _env_codecs(value: str, policy: RequestPolicy) -> bool:
+    return _inside(value, [posixpath.join(policy.app_data_dir, "Codecs")])
+
+
+def _env_cache(value: str, policy: RequestPolicy) -> bool:
+    return value.rstrip("/") == posixpath.join(policy.app_data_dir, "Cache")
+
+
+def _env_resources(value: str, policy: RequestPolicy) -> bool:
+    return value.rstrip("/") == posixpath.join(policy.plex_dir, "Resources")
+
+
+def _env_plex_libraries(value: str, policy: RequestPolicy) -> bool:
+    return all(
+        entry.rstrip("/") in (policy.plex_dir, posixpath.join(policy.plex_dir, "lib")) for entry in value.split(":")
+    )
+
+
+def _env_application_support(value: str, policy: RequestPolicy) -> bool:
+    return value.rstrip("/") == posixpath.dirname(policy.app_data_dir)
+
+
+def _env_plex_home(value: str, policy: RequestPolicy) -> bool:
+    return value.rstrip("/") == policy.plex_dir
+
+
+def _env_token(value: str, _policy: RequestPolicy) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9_-]{1,200}", value))
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[str, RequestPolicy], bool]:
+    return lambda value, _policy: bool(pattern.fullmatch(value))
+
+
+# Plex names these in the "Job running:" line it logs for every transcode, or its service starts with them.
+# Anything else (LD_PRELOAD, LD_AUDIT, GCONV_PATH, OPENSSL_CONF, LIBVA_DRIVERS_PATH... all of which make a
+# program load code from a path) is not forwarded and not accepted.
+ENVIRONMENT_RULES: dict[str, tuple[Callable[[str, RequestPolicy], bool], str]] = {
+    "X_PLEX_TOKEN": (_env_token, "the transcoder's progress reports to Plex carry it"),
+    "FFMPEG_EXTERNAL_LIBS": (_env_codecs, "where Plex's codec libraries are: only inside the app data's Codecs"),
+    "XDG_CACHE_HOME": (_env_cache, "fontconfig's cache for burnt-in subtitles: the app data's Cache"),
+    "XDG_DATA_HOME": (_env_resources, "Plex's own fonts and data: its Resources directory"),
+    "EAE_ROOT": (_env_absolute, "the directory the transcoder exchanges audio with the EasyAudioEncoder in"),
+    "LD_LIBRARY_PATH": (_env_plex_libraries, "older Plex releases point it at Plex's own libraries, nowhere else"),
+    "PATH": (_env_path_list, "the service's search path: the system's own directories only"),
+    "HOME": (_env_absolute, "the plex account's home, as the service has it"),
+    "TMPDIR": (_env_absolute, "where temporary files go"),
+    "PLEX_MEDIA_SERVER_TMPDIR": (_env_absolute, "Plex's temporary directory"),
+    "PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR": (_env_application_support, "the app data's parent"),
+    "PLEX_MEDIA_SERVER_HOME": (_env_plex_home, "Plex's program directory"),
+    "PLEX_MEDIA_SERVER_MAX_PLUGIN_PROCS": (_matches(_DIGITS), "a number from Plex's service"),
+    "PLEX_MEDIA_SERVER_MAX_STACK_SIZE": (_matches(_DIGITS), "a number from Plex's service"),
+    "PLEX_MEDIA_SERVER_INFO_VENDOR": (_matches(_WORD), "describes the server in Plex's reports"),
+    "PLEX_MEDIA_SERVER_INFO_DEVICE": (_matches(_WORD), "describes the server in Plex's reports"),
+    "PLEX_MEDIA_SERVER_INFO_MODEL": (_matches(_WORD), "describes the server in Plex's reports"),
+    "PLEX_MEDIA_SERVER_INFO_PLATFORM_VERSION": (_matches(_WORD), "describes the server in Plex's reports"),
+    "PLEX_MEDIA_SERVER_USER": (_matches(_NAME_CHARS), "the account Plex runs as"),
+    "LANG": (_matches(_LOCALE), "the locale of messages and numbers"),
+    "LANGUAGE": (_matches(_LOCALE), "the locale of messages"),
+    "TZ": (_matches(re.compile(r"[A-Za-z0-9_+-]{1,32}(/[A-Za-z0-9_+-]{1,32}){0,2}")), "the time zone, by name"),
+}
+# LC_ALL, LC_CTYPE, LC_NUMERIC...: the locale, by name only.
+_LOCALE_VARIABLE = re.compile(r"LC_[A-Z]{2,16}")
+
+
+def environment_problems(environ: Mapping[str, str], policy: RequestPolicy) -> list[str]:
+    problems = []
+    for name in sorted(environ):
+        value = environ[name]
+        if _LOCALE_VARIABLE.fullmatch(name):
+            rule = _matches(_LOCALE)
+        elif name in ENVIRONMENT_RULES:
+            rule = ENVIRONMENT_RULES[name][0]
+        else:
+            problems.append(f"environment variable {name} is not one Plex's transcoder is given")
+            continue
+        if not rule(value, policy):
+            problems.append(f"environment variable {name} has a value the transcoder is never given")
+    return problems
+
+
+# What Plex sets for the transcoder itself: a transcode without it, or with another value, is not what Plex asked
+# for, so the request goes as it is and a slave refuses it. The rest comes with Plex's service and is left out
+# when a slave would not take it.
+ESSENTIAL_VARIABLES = frozenset({"X_PLEX_TOKEN", "FFMPEG_EXTERNAL_LIBS", "XDG_CACHE_HOME", "XDG_DATA_HOME", "EAE_ROOT"})
+
+
+def forwarded_environment(environ: Mapping[str, str], policy: RequestPolicy) -> dict[str, str]:
+    """The variables of Plex's environment to send to a slave; the rest (the service's own) stay here."""
+    forwarded = {}
+    for name, value in environ.items():
+        if name in ESSENTIAL_VARIABLES or not environment_problems({name: value}, policy):
+            forwarded[name] = value
+    return forwarded
+
+
+@dataclass(frozen=True)
+class TranscoderOption:
+    takes_value: bool
+    kind: str  # how its value is checked: value, input, output, report, format, filter
+    why: str
+
+
+def _options(kind: str, takes_value: bool, why: str, *names: str) -> dict[str, TranscoderOption]:
+    return {name: TranscoderOption(takes_value, kind, why) for name in names}
+
+
+# The options seen in Plex's transcoder command lines (its "Job running:" log lines, and what prt, kube-plex
+# and clusterplex pass on), by what they do. An option may carry a stream specifier ("-codec:0", "-b:1").
+# Not listed, so refused: options that read or write a file of their own (-filter_complex_script, -attach,
+# -dump_attachment, -passlogfile, -vstats_file, -sdp_file, -report...), and hardware options: slaves are not
+# set up for hardware transcoding, so such a transcode stays on the Plex server.
+TRANSCODER_OPTIONS: dict[str, TranscoderOption] = {
+    **_options("input", True, "the media or stream to transcode", "i"),
+    **_options(
+        "value",
+        True,
+        "reading the input: seek, probing, timestamps",
+        "ss",
+        "t",
+        "to",
+        "analyzeduration",
+        "probesize",
+        "fflags",
+        "max_delay",
+        "stream_loop",
+        "itsoffset",
+        "sub_charenc",
+        "fix_sub_duration",
+        "canvas_size",
+        "ignore_unknown",
+        "avoid_negative_ts",
+        "max_muxing_queue_size",
+    ),
+    **_options(
+        "value",
+        False,
+        "reading and writing: flags without a value",
+        "noaccurate_seek",
+        "accurate_seek",
+        "copyts",
+        "start_at_zero",
+        "re",
+        "y",
+        "n",
+        "vn",
+        "an",
+        "sn",
+        "dn",
+        "shortest",
+        "nostdin",
+        "nostats",
+        "stats",
+        "hide_banner",
+        "xioerror",
+        "version",
+    ),
+    **_options(
+        "value",
+        True,
+        "choosing streams and codecs and their settings",
+        "map",
+        "map_metadata",
+        "map_chapters",
+        "map_inlineass",
+        "codec",
+        "c",
+        "b",
+        "maxrate",
+        "minrate",
+        "bufsize",
+        "crf",
+        "qp",
+        "preset",
+        "tune",
+        "profile",
+        "level",
+        "x264opts",
+        "x264-params",
+        "x265-params",
+        "g",
+        "keyint_min",
+        "sc_threshold",
+        "force_key_frames",
+        "r",
+        "vsync",
+        "fps_mode",
+        "s",
+        "aspect",
+        "pix_fmt",
+        "ac",
+        "ar",
+        "channel_layout",
+        "sample_fmt",
+        "q",
+        "threads",
+        "filter_threads",
+        "metadata",
+        "disposition",
+        "tag",
+        "flags",
+        "strict",
+        "strict_ts",
+        "eae_prefix",
+        "break_non_keyframes",
+        "bsf",
+        "frames",
+    ),
+    **_options("filter", True, "filter graphs, checked filter by filter", "filter_complex", "filter", "vf", "af"),
+    **_options("format", True, "the container read or written", "f", "segment_format"),
+    **_options(
+        "value",
+        True,
+        "segmenting the output (DASH, HLS, segment muxers)",
+        "seg_duration",
+        "dash_segment_type",
+        "window_size",
+        "extra_window_size",
+        "delete_removed",
+        "skip_to_segment",
+        "time_delta",
+        "segment_time",
+        "segment_start_number",
+        "segment_copyts",
+        "segment_time_delta",
+        "segment_list_type",
+        "segment_list_unfinished",
+        "segment_list_separate_stream_times",
+        "hls_time",
+        "hls_list_size",
+        "hls_flags",
+        "hls_playlist_type",
+        "use_template",
+        "use_timeline",
+        "single_file",
+        "streaming",
+        "ldash",
+        "adaptation_sets",
+    ),
+    **_options(
+        "output",
+        True,
+        "names of the segments and playlists written into the session directory",
+        "init_seg_name",
+        "media_seg_name",
+        "hls_segment_filename",
+    ),
+    **_options(
+        "report",
+        True,
+        "where the transcoder reports to Plex: its URL on loopback, or a name in the session directory",
+        "progressurl",
+        "manifest_name",
+        "segment_list",
+    ),
+    **_options("value", True, "how much the transcoder logs", "loglevel", "v", "loglevel_plex"),
+}
+# The containers Plex reads and writes. Not lavfi, concat, tee and the like, which would read or write
+# whatever their argument names.
+CONTAINER_FORMATS = frozenset(
+    {
+        "dash",
+        "segment",
+        "ssegment",
+        "stream_segment",
+        "hls",
+        "mpegts",
+        "matroska",
+        "webm",
+        "mp4",
+        "mov",
+        "ismv",
+        "null",
+        "mp3",
+        "adts",
+        "aac",
+        "ac3",
+        "eac3",
+        "flac",
+        "ogg",
+        "wav",
+        "srt",
+        "ass",
+        "webvtt",
+        "mpjpeg",
+        "image2",
+        "mjpeg",
+        "s16le",
+        "avi",
+        "mpeg",
+        "vob",
+        "h264",
+        "hevc",
+    }
+)
+# Filters Plex's transcoder graphs use. Not movie, amovie, sendcmd, zmq, ladspa, frei0r, lv2 and the like,
+# which open files, sockets or libraries named in their arguments.
+TRANSCODER_FILTERS = frozenset(
+    {
+        "scale",
+        "format",
+        "setsar",
+        "setdar",
+        "setpts",
+        "asetpts",
+        "fps",
+        "pad",
+        "crop",
+        "yadif",
+        "bwdif",
+        "overlay",
+        "inlineass",
+        "tonemap",
+        "zscale",
+        "colorspace",
+        "colormatrix",
+        "setparams",
+        "null",
+        "anull",
+        "copy",
+        "split",
+        "asplit",
+        "trim",
+        "atrim",
+        "aresample",
+        "aformat",
+        "pan",
+        "volume",
+        "channelmap",
+        "amix",
+        "amerge",
+        "loudnorm",
+        "dynaudnorm",
+        "afade",
+        "fade",
+        "transpose",
+        "hflip",
+        "vflip",
+        "rotate",
+        "framerate",
+        "select",
+        "aselect",
+        "showinfo",
+    }
+)
+_OPTION = re.compile(r"-([A-Za-z0-9_-]+?)(?::[A-Za-z0-9#:._-]+)?")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _loopback_plex_url(value: str, policy: RequestPolicy) -> bool:
+    try:
+        url = urllib.parse.urlsplit(value)
+        port = url.port
+    except ValueError:
+        return False
+    return url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS and port == policy.plex_port != 0
+
+
+def _session_name(value: str) -> bool:
+    """A file name relative to the working directory: no protocol ("x:"), no way out of the directory."""
+    if not value or value.startswith("/") or ":" in value or "\\" in value:
+        return False
+    return ".." not in value.split("/")
+
+
+def _input_ok(value: str, policy: RequestPolicy) -> bool:
+    if _loopback_plex_url(value, policy):
+        return True
+    if value.startswith("/"):
+        return _inside(value, (*policy.read_dirs, *policy.write_dirs))
+    return _session_name(value)
+
+
+def _output_ok(value: str, policy: RequestPolicy) -> bool:
+    if value in ("-", "pipe:", "pipe:1"):
+        return True
+    if value.startswith("/"):
+        return _inside(value, policy.write_dirs)
+    return _session_name(value)
+
+
+def filter_names(graph: str) -> list[str]:
+    """The filters a filter graph runs, in order, read as ffmpeg reads it: chains split at ';', filters at ',',
+    "[label]"s around them, quotes and backslash escapes inside their arguments."""
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = False
+    index = 0
+    while index < len(graph):
+        char = graph[index]
+        if char == "\\" and index + 1 < len(graph):
+            current.append(graph[index : index + 2])
+            index += 2
+            continue
+        if char == "'":
+            quoted = not quoted
+        elif char in ",;" and not quoted:
+            pieces.append("".join(current))
+            current = []
+            index += 1
+            continue
+        current.append(char)
+        index += 1
+    pieces.append("".join(current))
+    names: list[str] = []
+    for piece in pieces:
+        text = re.sub(r"^(\s*\[[^\]]*\])*\s*", "", piece)
+        name = re.match(r"[A-Za-z0-9_]*", text)
+        # Plex writes inlineass's ASS style overrides unescaped (overrides=Bold=500,FontName=...); its own
+        # filter reads them. ASS keys are capitalised, ffmpeg's filter names never are.
+        if names and names[-1] == "inlineass" and re.match(r"[A-Z][A-Za-z]*=", text):
+            continue
+        names.append(name.group(0) if name else "")
+    return names
+
+
+def _value_problem(word: str, kind: str, value: str, policy: RequestPolicy) -> str | None:
+    if kind == "input" and not _input_ok(value, policy):
+        return f"input {value!r} is neither Plex on loopback nor inside a shared directory"
+    if kind == "output" and not _output_ok(value, policy):
+        return f"{word} {value!r} is not in the shared transcode directory"
+    if kind == "report" and not (_loopback_plex_url(value, policy) or _output_ok(value, policy)):
+        return f"{word} {value!r} is neither Plex on loopback nor in the shared transcode directory"
+    if kind == "format" and value not in CONTAINER_FORMATS:
+        return f"{word} {value!r} is not a container Plex's transcoder uses"
+    if kind == "filter":
+        unknown = sorted({name for name in filter_names(value) if name not in TRANSCODER_FILTERS})
+        if unknown:
+            return f"{word} runs filters Plex's transcoder does not use: {', '.join(unknown)}"
+    return None
+
+
+def argument_problems(args: Sequence[str], policy: RequestPolicy) -> list[str]:
+    problems: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        index += 1
+        option = _OPTION.fullmatch(word) if word.startswith("-") and word != "-" else None
+        if option is None:
+            if word.startswith("-") and word != "-":
+                problems.append(f"argument {word!r} is not an option Plex's transcoder is given")
+            elif not _output_ok(word, policy):
+                problems.append(f"output {word!r} is not in the shared transcode directory")
+            continue
+        spec = TRANSCODER_OPTIONS.get(option.group(1))
+        if spec is None:
+            problems.append(f"option {word} is not one Plex's transcoder is given")
+        elif spec.takes_value and index >= len(args):
+            problems.append(f"option {word} has no value")
+        elif spec.takes_value:
+            problem = _value_problem(word, spec.kind, args[index], policy)
+            index += 1
+            if problem is not None:
+                problems.append(problem)
+    return problems
+
+
+def request_problems(args: Sequence[str], environ: Mapping[str, str], cwd: str, policy: RequestPolicy) -> list[str]:
+    """Why a slave would refuse this transcode, or nothing when it would run it."""
+    problems = []
+    if not _inside(cwd, policy.write_dirs):
+        problems.append(f"working directory {cwd} is not inside the shared transcode directory")
+    return problems + environment_problems(environ, policy) + argument_problems(args, policy)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -756,10 +1300,6 @@ class SshTransport:
         return Probe.from_json(result.stdout)
 
 
-def forwarded_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    return {name: value for name, value in environ.items() if not ENV_NOT_FORWARDED.match(name)}
-
-
 def run_header(environ: Mapping[str, str], cwd: str) -> bytes:
     """What the guard reads from stdin before it starts the transcoder: never on a command line."""
     return json.dumps({"cwd": cwd, "env": dict(environ)}).encode("ascii") + b"\n"
@@ -909,7 +1449,7 @@ def run_remote(
         assert process.stderr is not None
         relay = StderrRelay(process.stderr)
         relay.start()
-        header = memoryview(run_header(forwarded_environment(environ), cwd))
+        header = memoryview(run_header(forwarded_environment(environ, RequestPolicy.of(transport.config)), cwd))
         # The session's stdin stays open for as long as this process lives: its end is the stop signal.
         with contextlib.suppress(OSError):
             while header and not forwarder.closed:
@@ -960,6 +1500,12 @@ def dispatch(args: Sequence[str], environ: Mapping[str, str] | None = None) -> i
     eae_reason = easy_audio_encoder_reason(args, environ)
     if eae_reason is not None:
         return _go_local(config, state, log, args, eae_reason)
+    left_out = sorted(set(environ) - set(forwarded_environment(environ, RequestPolicy.of(config))))
+    if config.slaves and left_out:
+        log.info(f"Plex's environment a slave would not take, kept here: {', '.join(left_out)}")
+    refusal = _refusal_here(config, args, environ)
+    if refusal:
+        return _go_local(config, state, log, args, f"a slave would refuse this transcode: {refusal}")
     try:
         choice = _choose(config, state, log)
     except Exception as error:  # whatever broke, Plex still gets its transcode
@@ -972,6 +1518,18 @@ def dispatch(args: Sequence[str], environ: Mapping[str, str] | None = None) -> i
     with contextlib.suppress(OSError):
         return _after_remote(config, state, log, args, slave=slave, transport=transport, result=result)
     return result.exit_code
+
+
+def _refusal_here(config: Config, args: Sequence[str], environ: Mapping[str, str]) -> str:
+    """What the slaves' guards would refuse in this request; checked here so that it never marks a slave bad."""
+    if not config.slaves:
+        return ""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return ""  # _choose says why
+    policy = RequestPolicy.of(config)
+    return "; ".join(request_problems(args, forwarded_environment(environ, policy), cwd, policy))
 
 
 def _choose(config: Config, state: HostState, log: DecisionLog) -> tuple[Slave, SshTransport, str] | str:
@@ -1180,6 +1738,9 @@ def guard_run(config: Config, log: DecisionLog, args: Sequence[str], stdin: IO[b
         return _refuse(log, f"working directory {cwd} does not exist here (is the shared storage mounted?)")
     if not os.access(config.transcoder, os.X_OK):
         return _refuse(log, f"transcoder {config.transcoder} is missing or not executable")
+    problems = request_problems(args, env, cwd, RequestPolicy.of(config))
+    if problems:
+        return _refuse(log, "; ".join(problems))
     with contextlib.suppress(OSError):
         os.write(2, STARTED_MARKER)
     process = subprocess.Popen(

@@ -22,9 +22,10 @@ from typing import Any, Final
 
 import jinja2
 
-from plexcdn import TEMPLATES_DIR, vm_identity
-from plexcdn.config import PLEX_HOME, StackConfig, TranscodeConfig
+from plexcdn import TEMPLATES_DIR, tunnel_filter, vm_identity
+from plexcdn.config import StackConfig, TranscodeConfig
 from plexcdn.transcode import dispatcher
+from plexcdn.transcode.layout import PLEX_HOME
 from plexcdn.vm_identity import VmIdentity
 
 DISPATCHER_SOURCE: Final = Path(dispatcher.__file__)
@@ -47,11 +48,29 @@ FSTAB: Final = "/etc/fstab"
 WIREGUARD_INTERFACE: Final = "plexcdn-tc"
 WIREGUARD_KEY: Final = f"/etc/wireguard/{WIREGUARD_INTERFACE}.key"
 WIREGUARD_CONF: Final = f"/etc/wireguard/{WIREGUARD_INTERFACE}.conf"
+TUNNEL_FILTER_TABLE: Final = "plexcdn_transcode_tunnel"
+NFS_PORT: Final = 2049  # NFSv4 needs nothing else: no rpcbind, no mountd
 REINSTALL_UNIT: Final = "plexcdn-transcoder-reinstall"
 SLAVE_USER: Final = "plex"
-PLEX_APT_KEY_URL: Final = "https://downloads.plex.tv/plex-keys/PlexSign.key"
-PLEX_APT_KEYRING: Final = "/usr/share/keyrings/plexmediaserver.asc"
-PLEX_APT_SOURCE: Final = f"deb [signed-by={PLEX_APT_KEYRING}] https://downloads.plex.tv/repo/deb public main"
+# The plex account's home on a slave: root's, and empty. sshd (through PAM's pam_env, which Debian runs with
+# user_readenv=1) would otherwise take ~/.pam_environment from a directory plex can write, and ~/.ssh is not
+# where its key is.
+SLAVE_HOME: Final = "/var/lib/plexcdn-slave"
+# The Plex server's dispatch key for the plex account: owned by root, readable by plex, changed by nobody else.
+SLAVE_AUTHORIZED_KEYS: Final = f"{CONFIG_DIR}/ssh/{SLAVE_USER}.authorized_keys"
+SSHD_DROP_IN: Final = "/etc/ssh/sshd_config.d/plexcdn-transcode.conf"
+# On a slave, only the plex account may connect to the port the dispatcher forwards back to the Plex server.
+SLAVE_FILTER: Final = f"{CONFIG_DIR}/transcode-slave.nft"
+SLAVE_FILTER_TABLE: Final = "plexcdn_transcode_slave"
+SLAVE_FILTER_UNIT: Final = "plexcdn-transcode-filter"
+# Plex's repository since Plex Media Server 1.43.0 (the old downloads.plex.tv/repo/deb was retired in 2026) and its
+# signing key, taken only if it is the key whose fingerprint Plex publishes in "Enable repository updating for
+# supported Linux server distributions" (support.plex.tv/articles/235974187): Ed25519 primary key
+# 6EFF EB47 8A65 59D7 5C7C 4FE7 06C5 2179 0B9C FFDE, signing subkey B406F0897A39A570804260540A05F1E6E7AFD573.
+PLEX_APT_KEY_URL: Final = "https://downloads.plex.tv/plex-keys/PlexSign.v2.key"
+PLEX_APT_KEY_FINGERPRINT: Final = "6EFFEB478A6559D75C7C4FE706C521790B9CFFDE"
+PLEX_APT_KEYRING: Final = "/usr/share/keyrings/plexmediaserver.v2.gpg"
+PLEX_APT_SOURCE: Final = f"deb [signed-by={PLEX_APT_KEYRING}] https://repo.plex.tv/deb/ public main"
 HOST_KEY_PREFIX: Final = "plexcdn-host-key: "
 HANDSHAKE_WAIT_S: Final = 150  # the origin retries a failed handshake on its next keepalive, 25 s later
 # sshd runs the command as `sh -c COMMAND` and Linux caps one argument at 128 KiB (MAX_ARG_STRLEN).
@@ -108,6 +127,44 @@ def fstab_escape(text: str) -> str:
     return text.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
 
 
+# Of Plex's app data, a slave needs only what a transcode reads: the codec libraries the transcoder loads from
+# FFMPEG_EXTERNAL_LIBS (Plex downloads them on the Plex server; the slave's own Plex never runs to fetch any).
+# Everything else stays home: Preferences.xml holds the owner's PlexOnlineToken, "Plug-in Support" the library
+# database and the plug-ins' settings. Hardware transcoding would also need Drivers and Cache/va-dri-* and the
+# GPU's device nodes, which slaves are not set up for, so neither is shared.
+APP_DATA_SHARED: Final = (("Codecs", "the codec libraries Plex's transcoder loads (FFMPEG_EXTERNAL_LIBS)"),)
+# Where the transcoder points XDG_CACHE_HOME (fontconfig's cache for burnt-in subtitles): a slave keeps its own.
+APP_DATA_CACHE: Final = "Cache"
+
+
+@dataclass(frozen=True)
+class SharedDirectory:
+    """One directory the Plex server exports and every slave mounts at the same path."""
+
+    setting: str  # the stack setting it comes from
+    path: str
+    writable: bool
+    why: str
+
+
+def shared_directories(transcode: TranscodeConfig) -> tuple[SharedDirectory, ...]:
+    """What the slaves get of the Plex server's files, in mount order: the least a transcode reads and writes."""
+    app_data = tuple(
+        SharedDirectory("transcode.appDataDir", posixpath.join(transcode.app_data_dir, name), False, why)
+        for name, why in APP_DATA_SHARED
+    )
+    return (
+        *app_data,
+        SharedDirectory(
+            "transcode.transcodeDir", transcode.transcode_dir, True, "the transcoder writes its segments there"
+        ),
+        *(
+            SharedDirectory(f"transcode.mediaPaths[{index}]", path, False, "the media the transcoder reads")
+            for index, path in enumerate(transcode.media_paths)
+        ),
+    )
+
+
 def mounts(transcode: TranscodeConfig, slave_name: str) -> tuple[Mount, ...]:
     slave = transcode.slave(slave_name)
     origin = transcode.origin_address_for(slave_name)
@@ -118,22 +175,27 @@ def mounts(transcode: TranscodeConfig, slave_name: str) -> tuple[Mount, ...]:
     if slave.kind == "cloud":
         common.append(f"x-systemd.requires=wg-quick@{WIREGUARD_INTERFACE}.service")
     result = []
-    for _, path, writable in transcode.shared_paths:
+    for shared in shared_directories(transcode):
         # The origin's Plex creates each session directory just before it starts the transcoder: the slave must
-        # see it at once, and never remember that it was missing.
-        options = ("rw", *common, "actimeo=1", "lookupcache=positive") if writable else ("ro", *common)
-        result.append(Mount(origin, path, writable, options))
+        # see it at once, and never remember that it was missing. Nothing on a share is a program to run.
+        if shared.writable:
+            options = ("rw", *common, "nosuid", "nodev", "actimeo=1", "lookupcache=positive")
+        else:
+            options = ("ro", *common, "nosuid", "nodev")
+        result.append(Mount(origin, shared.path, shared.writable, options))
     return tuple(result)
 
 
 def exports(transcode: TranscodeConfig) -> tuple[Export, ...]:
     result = []
-    for _, path, writable in transcode.shared_paths:
+    for shared in shared_directories(transcode):
         # Transcode segments are scratch files: async spares each write a disk flush on the Plex server.
-        mode = ("rw", "async") if writable else ("ro", "sync")
+        mode = ("rw", "async") if shared.writable else ("ro", "sync")
+        # root_squash: root on a slave is nobody here. NFSv4 with sec=sys trusts the uid a client claims, so what
+        # is exported is all a machine claiming a slave's address could reach: nothing holding a token.
         options = (*mode, "no_subtree_check", "root_squash", "sec=sys")
         clients = tuple(ExportClient(transcode.slave_address(slave.name), options) for slave in transcode.slaves)
-        result.append(Export(path, writable, clients))
+        result.append(Export(shared.path, shared.writable, clients))
     return tuple(result)
 
 
@@ -148,6 +210,20 @@ def exports_file(config: StackConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def exports_check_script(config: StackConfig) -> str:
+    """For a machine with an NFS server (the test machines' kernel has none): make the shared directories, load
+    exactly exports_file() and print what the kernel then exports (`exportfs -v`), to compare with the file."""
+    directories = " ".join(shlex.quote(shared.path) for shared in shared_directories(_transcode(config)))
+    return (
+        "set -eu\n"
+        f"mkdir -p {directories}\n"
+        "install -d -m 0755 /etc/exports.d\n"
+        f"cat > {EXPORTS_FILE} <<'{HEREDOC_END}'\n{exports_file(config)}{HEREDOC_END}\n"
+        "exportfs -ra\n"
+        "exportfs -v\n"
+    )
+
+
 def fstab_block(config: StackConfig, slave_name: str) -> str:
     lines = [f"# the Plex server's files at the same paths as there (plex-cdn stack {config.stack})"]
     lines.extend(mount.fstab_line() for mount in mounts(_transcode(config), slave_name))
@@ -159,12 +235,59 @@ def fstab_markers(config: StackConfig) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# What keeps a slave's plex account to transcoding
+
+
+def sshd_drop_in(config: StackConfig) -> str:
+    """sshd's settings for the plex account: its keys from a file root owns, nothing but the reverse forward."""
+    return render_template(
+        "transcode/sshd-plexcdn-transcode.conf.j2",
+        stack=config.stack,
+        slave_user=SLAVE_USER,
+        authorized_keys=SLAVE_AUTHORIZED_KEYS,
+    )
+
+
+def slave_filter(config: StackConfig) -> str:
+    """nftables on a slave: the port on loopback the dispatcher's master forwards to the Plex server answers the
+    plex account only. Plex on loopback trusts whoever reaches it; every other account on the slave is refused."""
+    transcode = _transcode(config)
+    return render_template(
+        "transcode/slave-filter.nft.j2",
+        stack=config.stack,
+        table=SLAVE_FILTER_TABLE,
+        port=dispatcher.Config.plex_port,
+        uid=transcode.plex_uid,
+    )
+
+
+def slave_filter_unit(config: StackConfig) -> str:
+    return render_template(
+        "transcode/slave-filter.service.j2",
+        stack=config.stack,
+        filter_path=SLAVE_FILTER,
+        table=SLAVE_FILTER_TABLE,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # The dispatcher's configuration
 
 
-def guard_config() -> dict[str, Any]:
+def request_policy(transcode: TranscodeConfig) -> dict[str, Any]:
+    """What a transcode may name, the same on the Plex server and on every slave: the dispatcher transcodes locally
+    what the guards would refuse."""
+    return {
+        "app_data_dir": transcode.app_data_dir,
+        "plex_dir": PLEX_DIR,
+        "read_dirs": [shared.path for shared in shared_directories(transcode) if not shared.writable],
+        "write_dirs": [shared.path for shared in shared_directories(transcode) if shared.writable],
+    }
+
+
+def guard_config(transcode: TranscodeConfig) -> dict[str, Any]:
     """The guard's configuration on every slave; no plex_version, so its probe reports what dpkg has installed."""
-    values: dict[str, Any] = {"transcoder": TRANSCODER, "log_path": GUARD_LOG}
+    values: dict[str, Any] = {"transcoder": TRANSCODER, "log_path": GUARD_LOG, **request_policy(transcode)}
     dispatcher.parse_config(values, "guard config")
     return values
 
@@ -191,6 +314,7 @@ def origin_dispatcher_config(transcode: TranscodeConfig) -> dict[str, Any]:
         "known_hosts": KNOWN_HOSTS,
         "state_dir": STATE_DIR,
         "log_path": ORIGIN_LOG,
+        **request_policy(transcode),
     }
     dispatcher.parse_config(values, "origin dispatcher config")
     return values
@@ -259,14 +383,31 @@ def slave_wireguard_conf(config: StackConfig, slave_name: str, origin_public_key
     )
 
 
+def tunnel_admissions(transcode: TranscodeConfig) -> list[tunnel_filter.Admission]:
+    """What a cloud slave may reach on the Plex server through its tunnel: the NFS exports. The dispatcher's SSH
+    goes the other way, from the Plex server out."""
+    return [
+        tunnel_filter.Admission(
+            str(transcode.tunnel_address(slave.name)),
+            str(transcode.origin_tunnel_address),
+            NFS_PORT,
+            f"NFS, for cloud slave {slave.name}'s mounts",
+        )
+        for slave in transcode.cloud_slaves
+    ]
+
+
 def origin_wireguard_conf(config: StackConfig, peers: Mapping[str, CloudPeer]) -> str:
     transcode = _transcode(config)
     assert transcode.tunnel_subnet is not None
     missing = [slave.name for slave in transcode.cloud_slaves if slave.name not in peers]
     if missing:
         raise ValueError(f"no endpoint or key for cloud slaves {', '.join(missing)}")
+    admissions = tunnel_admissions(transcode)
     return render_template(
         "transcode/wireguard-origin.conf.j2",
+        filter_comment=tunnel_filter.comment(admissions),
+        filter_hooks=tunnel_filter.hooks(TUNNEL_FILTER_TABLE, admissions),
         interface=WIREGUARD_INTERFACE,
         stack=config.stack,
         address=transcode.origin_tunnel_address,
@@ -325,10 +466,13 @@ def slave_setup_script(
         fstab_block=fstab_block(config, slave_name),
         fstab_begin=begin,
         fstab_end=end,
-        guard_config=json.dumps(guard_config(), indent=1) + "\n",
+        guard_config=json.dumps(guard_config(transcode), indent=1) + "\n",
         dispatch_public_key=dispatch_public_key.strip(),
         key_comment=dispatch_key_comment(config.stack),
         authorized_keys_args=shlex.join(guard_words),
+        sshd_drop_in=sshd_drop_in(config),
+        slave_filter=slave_filter(config),
+        slave_filter_unit=slave_filter_unit(config),
         wireguard_conf=(
             slave_wireguard_conf(config, slave_name, origin_wireguard_public_key) if slave.kind == "cloud" else ""
         ),
@@ -366,6 +510,7 @@ def origin_share_script(config: StackConfig, peers: Mapping[str, CloudPeer] | No
         "Plex server",
         stack=config.stack,
         transcode=transcode,
+        shared=shared_directories(transcode),
         exports=exports_file(config),
         wireguard_conf=wireguard,
     )
@@ -539,7 +684,15 @@ def _script(template: str, where: str, **context: object) -> str:
         "reinstall_unit": REINSTALL_UNIT,
         "slave_user": SLAVE_USER,
         "plex_home": PLEX_HOME,
+        "slave_home": SLAVE_HOME,
+        "slave_authorized_keys": SLAVE_AUTHORIZED_KEYS,
+        "sshd_drop_in_path": SSHD_DROP_IN,
+        "slave_filter_path": SLAVE_FILTER,
+        "slave_filter_table": SLAVE_FILTER_TABLE,
+        "slave_filter_unit_name": SLAVE_FILTER_UNIT,
+        "app_data_cache": APP_DATA_CACHE,
         "apt_key_url": PLEX_APT_KEY_URL,
+        "apt_key_fingerprint": PLEX_APT_KEY_FINGERPRINT,
         "apt_keyring": PLEX_APT_KEYRING,
         "apt_source": PLEX_APT_SOURCE,
         "host_key_prefix": HOST_KEY_PREFIX,

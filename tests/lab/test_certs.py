@@ -43,6 +43,7 @@ from labs.cert_lab import (
     cloud_init_files,
     ensure_certbot_venv,
     load_certificates,
+    lock_digest,
     route53_endpoint_seen_by_certbot,
 )
 from labs.netns import lab_unavailable_reason
@@ -146,7 +147,8 @@ def test_certbot_venv_has_the_pops_pinned_versions_and_honours_the_route53_endpo
     venv = ensure_certbot_venv()
     assert certbot_venv_versions(venv) == (render.CERTBOT_VERSION, render.CERTBOT_VERSION)
     first_boot = cloud_init_files(render.cloud_init(config, POP))[render.FIRST_BOOT_PATH].content
-    assert f'"certbot=={render.CERTBOT_VERSION}" "certbot-dns-route53=={render.CERTBOT_VERSION}"' in first_boot
+    assert f"--require-hashes --only-binary :all: -r {render.CERTBOT_LOCK_PATH}" in first_boot
+    assert venv.name.endswith(lock_digest()), "the lab's certbot comes from the lock the POPs get"
     assert route53_endpoint_seen_by_certbot(venv, "http://127.0.0.1:9") == "http://127.0.0.1:9"
 
 

@@ -32,7 +32,8 @@ def _write_pop_tree(config: StackConfig, pop: str, prefix: Path, lab: Lab, role:
     conf_dir.mkdir(parents=True)
     authority = LabCA.create(prefix / "ca", "nginx check")
     peer_ca = LabCA.create(prefix / "peer-ca", "nginx check peer", intermediate=False)
-    peer = pop_tree.peer_certificates(config, pop, peer_ca, conf_dir, prefix)
+    client_cas = pop_tree.client_cas(config, prefix / "client-cas")
+    peer = pop_tree.peer_certificates(config, pop, peer_ca, conf_dir, prefix, client_authorities=client_cas)
     for name, text in render.nginx_files(config, pop, prefix=str(prefix), peer=peer).items():
         (conf_dir / name).write_text(text)
     pop_tree.resolve_origin(lab, role, config, pop, conf_dir)
@@ -107,9 +108,18 @@ def test_the_hub_follows_the_origin_name_to_the_address_it_resolves_to(resolver_
     assert f"server {ORIGIN_LAB_ADDRESS}:{config.origin.port};" in servers
 
 
-def test_placeholder_peer_files_are_rejected_rather_than_deployed(resolver_lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("pop", "file_name", "placeholder"),
+    [
+        ("us", render.PEER_CLIENT_CAS_FILE, render.PLACEHOLDER_PEER_CLIENT_CAS),
+        ("asia", render.PEER_CA_FILE, render.PLACEHOLDER_PEER_CA),
+    ],
+)
+def test_placeholder_peer_files_are_rejected_rather_than_deployed(
+    resolver_lab: Lab, tmp_path: Path, pop: str, file_name: str, placeholder: str
+) -> None:
     config = config_from(example_values())
-    main = _write_pop_tree(config, "us", tmp_path, resolver_lab)
-    (main.parent / render.PEER_CA_FILE).write_text(render.PLACEHOLDER_PEER_CA)
+    main = _write_pop_tree(config, pop, tmp_path, resolver_lab)
+    (main.parent / file_name).write_text(placeholder)
     result = resolver_lab.run("check", ["nginx", "-t", "-c", str(main)], check=False)
     assert result.returncode != 0

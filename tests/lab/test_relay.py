@@ -13,13 +13,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from labs import plex_standin as lab_origin
 from labs import relay_lab as relay
+from labs import tls_scan
 from labs.lab_ca import LabCA
 from labs.netns import existing_namespaces, lab_unavailable_reason
 from plexcdn import render, topology
@@ -112,19 +114,65 @@ def test_sequential_requests_share_one_connection_from_edge_to_hub(lab: relay.Re
     assert len(connections) == 1, f"the edge opened {len(connections)} connections to the hub"
 
 
-def test_artwork_is_cached_per_token_and_shared_for_public_sources(lab: relay.RelayLab) -> None:
-    private = "/photo/:/transcode?width=300&height=450&url=%2Flibrary%2Fmetadata%2F7%2Fthumb"
-    first = view(lab, "get", private, "--header", f"X-Plex-Token: {TOKEN}")
-    second = view(lab, "get", private, "--header", f"X-Plex-Token: {TOKEN}")
-    other_user = view(lab, "get", private, "--header", "X-Plex-Token: someone-else")
-    anonymous = view(lab, "get", private)
-    cache = [r["headers"].get("X-PlexCDN-Cache") for r in (first, second, other_user, anonymous)]
-    assert cache[:3] == ["MISS", "HIT", "MISS"]
-    assert cache[3] in ("BYPASS", None, "MISS") and cache[3] != "HIT"
-    public = "/photo/:/transcode?width=300&url=https%3A%2F%2Fmetadata-static.plex.tv%2Fposter.jpg"
-    view(lab, "get", f"{public}&X-Plex-Token={TOKEN}")
-    shared = view(lab, "get", f"{public}&X-Plex-Token=someone-else")
-    assert shared["headers"].get("X-PlexCDN-Cache") == "HIT"
+def _png(result: dict[str, Any]) -> bool:
+    return bytes.fromhex(result["body_hex"]).startswith(b"\x89PNG")
+
+
+def _unique(prefix: str) -> str:
+    return prefix + "".join(random.choices("abcdefghjkmnpqrstuvwxyz23456789", k=10))
+
+
+def test_artwork_from_a_public_image_host_is_cached_once_and_shared_between_token_holders(lab: relay.RelayLab) -> None:
+    public = f"/photo/:/transcode?width=300&url=https%3A%2F%2Fimage.tmdb.org%2Ft%2Fp%2Fw300%2F{_unique('p')}.jpg"
+    first = view(lab, "get", f"{public}&X-Plex-Token={TOKEN}")
+    second = view(lab, "get", f"{public}&X-Plex-Token=someone-else")
+    by_header = view(lab, "get", public, "--header", "X-Plex-Token:a-third-viewer")
+    anonymous = view(lab, "get", public)
+    cache = [r["headers"].get("X-PlexCDN-Cache") for r in (first, second, by_header, anonymous)]
+    assert cache[:3] == ["MISS", "HIT", "HIT"]
+    assert first["headers"]["X-Lab-Origin-Hit"] == second["headers"]["X-Lab-Origin-Hit"] == "1"
+    assert _png(second) and second["body_hex"] == first["body_hex"]
+    assert cache[3] != "HIT" and anonymous["status"] == 401, "without a token the cache answers no one"
+
+
+def test_library_artwork_a_token_holder_fetched_is_not_served_without_a_token(lab: relay.RelayLab) -> None:
+    """Issue #20, finding 1: the server's own library, named by loopback URL or by path, is never cached."""
+    for source in (
+        f"http%3A%2F%2F127.0.0.1%3A32400%2Flibrary%2Fmetadata%2F{random.randrange(10**6)}%2Fthumb%2F1700000000",
+        f"%2Flibrary%2Fmetadata%2F{random.randrange(10**6)}%2Fart%2F1700000000",
+    ):
+        artwork = f"/photo/:/transcode?width=300&height=450&url={source}"
+        holder = view(lab, "get", f"{artwork}&X-Plex-Token={TOKEN}")
+        again = view(lab, "get", artwork, "--header", f"X-Plex-Token:{TOKEN}")
+        anonymous = view(lab, "get", artwork)
+        assert holder["status"] == again["status"] == 200 and _png(holder)
+        assert again["headers"]["X-Lab-Origin-Hit"] == "2", "Plex answered again: nothing was cached"
+        assert [r["headers"].get("X-PlexCDN-Cache") for r in (holder, again, anonymous)] == ["BYPASS"] * 3
+        assert anonymous["status"] == 401 and not _png(anonymous)
+
+
+def test_no_pop_writes_a_token_to_its_cache(lab: relay.RelayLab) -> None:
+    """Issue #20, finding 2: after artwork requests carrying a token every way a client sends one, no file
+    under a POP's cache directories holds it; the public artwork is there, under a key without it."""
+    secret = _unique("cache-probe-token-")
+    tmdb = f"url=https%3A%2F%2Fimage.tmdb.org%2Ft%2Fp%2Fw300%2F{_unique('k')}.jpg"
+    for path, headers in (
+        (f"/photo/:/transcode?{tmdb}&X-Plex-Token={secret}", []),
+        (f"/photo/:/transcode?X-Plex-Token={secret}&width=80&{tmdb}", []),
+        (f"/photo/:/transcode?width=90&{tmdb}", ["--header", f"X-Plex-Token:{secret}"]),
+        (f"/photo/:/transcode?{tmdb}%3FX-Plex-Token%3D{secret}&X-Plex-Token={secret}", []),
+        (f"/photo/:/transcode?url=%2Flibrary%2Fmetadata%2F3%2Fthumb&X-Plex-Token={secret}", []),
+        (
+            f"/photo/:/transcode?url=http%3A%2F%2F127.0.0.1%3A32400%2Flibrary%2Fmetadata%2F3%2Fart&X-Plex-Token={secret}",
+            [],
+        ),
+    ):
+        assert view(lab, "get", path, *headers)["status"] == 200
+    cache_dirs = [str(lab.pop_dir(pop.name) / "var" / "cache" / "nginx") for pop in lab.config.pops]
+    files = [path for directory in cache_dirs for path in Path(directory).rglob("*") if path.is_file()]
+    assert any(b"image.tmdb.org" in path.read_bytes() for path in files), "the public artwork was cached"
+    grep = subprocess.run(["grep", "-rlai", secret, *cache_dirs], capture_output=True, text=True, check=False)
+    assert grep.returncode == 1, f"the token is on disk in {grep.stdout}"
 
 
 def test_the_token_never_reaches_a_log(lab: relay.RelayLab) -> None:
@@ -197,18 +245,109 @@ def test_the_peer_port_refuses_a_client_without_a_peer_certificate(lab: relay.Re
     assert result.stdout == "400", "nginx answers 400 when the required client certificate is missing"
 
 
-def test_hub_down_gives_a_clean_502_and_service_returns_by_itself(lab: relay.RelayLab) -> None:
+def _health(lab: relay.RelayLab, pop: str, *curl_options: str, query: str = "") -> tuple[int, str, str]:
+    """Port 80's health answer, asked from inside the POP's namespace: (status, headers, body)."""
+    url = "http://127.0.0.1/plexcdn/health" + (f"?{query}" if query else "")
+    argv = ["curl", "-s", "-D", "-", "--max-time", "20", *curl_options, url]
+    output = lab.lab.run(pop, argv, check=False).stdout
+    head, _, body = output.partition("\n\n")  # text mode: curl's CRLFs arrive as newlines
+    status = int(head.split()[1]) if head.startswith("HTTP/") else 0
+    return status, head, body
+
+
+def _until_health(lab: relay.RelayLab, pop: str, status: int) -> tuple[int, str, str]:
+    """The health answer once it is `status`: answers are reused for 5 s, so ask a bounded number of times."""
+    answer = _health(lab, pop)
+    for _ in range(15):
+        if answer[0] == status:
+            break
+        time.sleep(1)
+        answer = _health(lab, pop)
+    return answer
+
+
+HEALTH_HEADERS_AT_PLEX = {
+    "host",
+    "user-agent",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+}
+
+
+def test_the_health_check_asks_plex_a_plain_get_and_answers_only_a_status(lab: relay.RelayLab) -> None:
+    """Issue #20, finding 3: whatever a caller sends to port 80's health check, Plex sees the same plain GET of
+    /identity, and the caller sees a status and a word, nothing of Plex's identity."""
+    marker = _unique("odd-")
+    attack = [
+        *("-X", "POST", "--data-binary", f"body-{marker}"),
+        *("-H", "X-Real-IP: 192.168.1.5", "-H", "X-Forwarded-For: 192.168.1.5", "-H", "Forwarded: for=192.168.1.5"),
+        *("-H", f"X-Lab-Odd: {marker}", "-H", f"Cookie: session={marker}", "-H", f"X-Plex-Token: {TOKEN}"),
+        *("-H", "Range: bytes=0-1", "-H", "Authorization: Basic b2RkOm9kZA=="),
+    ]
+    for pop in (lab.viewer_pop, "us"):
+        before = len(headers_seen(lab))
+        fresh: list[dict[str, Any]] = []
+        for _ in range(15):  # the chain is asked at most every 5 s
+            status, head, body = _health(lab, pop, *attack, query=f"X-Plex-Token={TOKEN}&q={marker}")
+            # Nothing else asks for /identity meanwhile: whatever arrives is what the health check sent.
+            fresh = [h for h in headers_seen(lab)[before:] if h["path"].startswith("/identity")]
+            if fresh:
+                break
+            time.sleep(1)
+        assert fresh, f"{pop}'s health check never reached Plex"
+        for record in fresh:
+            seen = json.dumps(record)
+            assert (record["method"], record["path"]) == ("GET", "/identity")
+            assert f"health check ({pop})" in record["headers"]["user-agent"]
+            assert set(record["headers"]) <= HEALTH_HEADERS_AT_PLEX, record["headers"]
+            for leak in (marker, "192.168.1.5", TOKEN):
+                assert leak not in seen, leak
+        assert (status, body) == (200, "healthy\n")
+        answer = (head + body).lower()
+        for identity in (lab_origin.DEFAULT_MACHINE_IDENTIFIER, lab_origin.DEFAULT_VERSION, "mediacontainer"):
+            assert identity.lower() not in answer
+
+
+def test_hub_down_gives_a_clean_502_naming_no_address_and_service_returns_by_itself(lab: relay.RelayLab) -> None:
+    hub = lab.addresses[(lab.viewer_pop, "us")][1]
     lab.stop_nginx("us")
     try:
         down = view(lab, "get", f"/identity?X-Plex-Token={TOKEN}")
         assert down["status"] == 502
         assert down["headers"].get("Retry-After") == "10"
-        assert "is not answering" in bytes.fromhex(down["body_hex"]).decode()
+        reason = bytes.fromhex(down["body_hex"]).decode()
+        assert "cannot be reached" in reason
+        for detail in (hub, lab.config.pop_name("us"), str(render.PEER_PORT), lab.config.origin.host):
+            assert detail not in reason
+        assert _until_health(lab, lab.viewer_pop, 503)[::2] == (503, "unhealthy\n")
     finally:
         lab.start_nginx("us")
     assert view(lab, "get", "/identity")["status"] == 200
+    assert _until_health(lab, lab.viewer_pop, 200)[::2] == (200, "healthy\n")
     for log in lab.logs_dir().rglob("*.log"):
         assert TOKEN not in log.read_text()
+
+
+def test_no_client_address_header_a_viewer_sends_reaches_plex(lab: relay.RelayLab) -> None:
+    """Issue #20, finding 4: every header that claims a client's address or how a request arrived is replaced
+    by the POPs' own value or does not reach Plex at all."""
+    claim = "10.66.77.88"
+    marker = _unique("probe-")
+    options = [arg for name in render.CLIENT_ADDRESS_HEADERS for arg in ("--header", f"{name}:{claim}")]
+    assert view(lab, "get", f"/identity?probe={marker}", *options)["status"] == 200
+    (record,) = [h for h in headers_seen(lab) if marker in h["path"]]
+    assert claim not in json.dumps(record["raw_headers"])
+    sent = record["headers"]
+    for name in render.CLIENT_ADDRESS_HEADERS:
+        assert (name.lower() in sent) == (name in render.CLIENT_ADDRESS_HEADERS_SET), name
+    client_address = lab.addresses[("client", lab.viewer_pop)][0]
+    edge_address = lab.addresses[(lab.viewer_pop, "us")][0]
+    assert sent["x-forwarded-for"] == f"{client_address}, {edge_address}"
+    assert sent["x-real-ip"] == client_address
+    assert (sent["x-forwarded-proto"], sent["x-forwarded-port"]) == ("https", "443")
+    assert sent["x-forwarded-host"] == lab.config.shared_name
 
 
 def test_a_config_change_applied_like_the_deploy_keeps_an_open_stream(lab: relay.RelayLab) -> None:
@@ -316,3 +455,99 @@ def test_a_paused_viewer_lets_the_hub_read_ahead_what_the_stream_buffer_allows(
         assert 0.85 * buffer_mb * 2**20 <= held <= 1.1 * buffer_mb * 2**20, readings
     else:
         assert held < 128 * 1024, readings
+
+
+def assert_mozilla_intermediate(report: tls_scan.TlsScanReport) -> None:
+    """Every check Mozilla's configuration needs ran, and none found a deviation from either guideline."""
+    print(report.summary())
+    assert set(report.commands) and not report.not_completed, report.command_errors
+    assert report.deviations == {guideline: {} for guideline in tls_scan.GUIDELINES}, report.deviations
+    assert sorted(report.accepted["cipher_suites"]) == ["TLSv1.2", "TLSv1.3"]
+    assert report.accepted["curves"] == ["X25519", "secp256r1", "secp384r1"]
+
+
+def test_the_viewer_and_peer_ports_are_mozilla_intermediate(lab: relay.RelayLab) -> None:
+    """Issue #20, finding 6, with sslyze: the edge's and the hub's viewer ports, and the hub's peer port
+    scanned with the edge's client certificate."""
+    edge = lab.viewer_pop
+    hub_address = lab.addresses[(edge, "us")][1]
+    scans = [
+        (
+            "client",
+            tls_scan.TlsTarget(lab.addresses[("client", edge)][1], 443, lab.config.shared_name, lab.ca.bundle_path),
+        ),
+        (edge, tls_scan.TlsTarget(hub_address, 443, lab.config.shared_name, lab.ca.bundle_path)),
+        (
+            edge,
+            tls_scan.TlsTarget(
+                hub_address,
+                render.PEER_PORT,
+                lab.config.pop_name("us"),
+                lab.peer_ca.root_path,
+                client_cert=lab.pop_dir(edge) / "peer-client.crt",
+                client_key=lab.conf(edge).parent / render.PEER_CLIENT_KEY_FILE,
+            ),
+        ),
+    ]
+    for role, target in scans:
+        assert_mozilla_intermediate(tls_scan.scan(target, wrap=in_namespace(lab, role)))
+
+
+def in_namespace(lab: relay.RelayLab, role: str) -> Callable[[list[str]], list[str]]:
+    def wrap(argv: list[str]) -> list[str]:
+        return lab.lab.command(role, argv)
+
+    return wrap
+
+
+@pytest.fixture(scope="module")
+def three_pops() -> Iterator[relay.RelayLab]:
+    """The example stack with a second edge on the hub: eu, where the viewer is, and asia."""
+    values = example_values()
+    values["pops"].append(
+        {"name": "eu", "provider": "linode", "region": "eu-central", "size": "g6-nanode-1", "upstream": "us"}
+    )
+    root = Path(tempfile.mkdtemp(prefix="plexcdn-retire-"))
+    root.chmod(0o755)
+    try:
+        with relay.relay_lab(parse_config(values, "dev"), root, 8, prefix=f"pcq{os.getpid() % 1000}-") as built:
+            yield built
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _peer_port_answer(lab: relay.RelayLab, edge: str) -> str:
+    """The hub's peer port, asked by `edge` with its own client certificate: the HTTP status, or 000."""
+    hub = lab.addresses[(edge, "us")][1]
+    name = lab.config.pop_name("us")
+    argv = [
+        *("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20"),
+        *("--cacert", str(lab.peer_ca.root_path), "--resolve", f"{name}:{render.PEER_PORT}:{hub}"),
+        *("--cert", str(lab.pop_dir(edge) / "peer-client.crt")),
+        *("--key", str(lab.conf(edge).parent / render.PEER_CLIENT_KEY_FILE)),
+        f"https://{name}:{render.PEER_PORT}/identity",
+    ]
+    return lab.lab.run(edge, argv, check=False).stdout
+
+
+def test_a_retired_edge_is_refused_by_its_hub_while_the_other_edge_still_works(three_pops: relay.RelayLab) -> None:
+    """Issue #20, finding 5: asia leaves the stack; `pulumi up` gives the hub a release whose peer port no longer
+    accepts asia's client CA. asia, still running with its credentials, is refused; eu is not."""
+    lab = three_pops
+    assert lab.viewer_pop == "eu"
+    assert _peer_port_answer(lab, "asia") == _peer_port_answer(lab, "eu") == "200"
+    retired = example_values()
+    retired["pops"] = [pop for pop in retired["pops"] if pop["name"] != "asia"]
+    retired["pops"].append(
+        {"name": "eu", "provider": "linode", "region": "eu-central", "size": "g6-nanode-1", "upstream": "us"}
+    )
+    try:
+        assert _redeploy(lab, ("us",), parse_config(retired, "dev")) == [0]
+        time.sleep(1)  # old workers finish; new ones take the next connection
+        assert _peer_port_answer(lab, "asia") == "400", "nginx refuses a client certificate it does not trust"
+        assert _until_health(lab, "asia", 503)[0] == 503
+        assert _peer_port_answer(lab, "eu") == "200"
+        assert view(lab, "get", "/identity")["status"] == 200, "eu's viewers still reach Plex"
+        assert _until_health(lab, "eu", 200)[0] == 200
+    finally:
+        assert _redeploy(lab, ("us",)) == [0]

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from labs import relay_lab as relay
+from labs import tls_scan
 from labs.lab_ca import LabCA
 from labs.netns import lab_unavailable_reason
+from plexcdn import agent, render
 from plexcdn.config import parse_config
 from tests.conftest import HOME_HOST_KEY, example_values
-from tests.lab.test_relay import headers_seen, view
+from tests.lab.test_relay import assert_mozilla_intermediate, headers_seen, in_namespace, view
 
 pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))
 
@@ -85,6 +87,10 @@ def test_the_agent_refuses_a_client_without_the_hubs_certificate(lab: relay.Rela
     stranger = LabCA.create(tmp_path / "stranger", "unrelated", intermediate=False)
     client = stranger.issue_client("plex-us.example.com", tmp_path / "c.crt", tmp_path / "c.key")
     assert _curl_agent_from_hub(lab, "--cert", str(client.cert_path), "--key", str(client.key_path)) == "400"
+    # The origin CA signs the agent's own certificate; a client certificate from it is still not a hub's.
+    assert lab.origin_ca is not None
+    origin = lab.origin_ca.issue_client("plex-us.example.com", tmp_path / "o.crt", tmp_path / "o.key")
+    assert _curl_agent_from_hub(lab, "--cert", str(origin.cert_path), "--key", str(origin.key_path)) == "400"
     hub_conf = lab.conf("us").parent
     mine = [
         "--cert",
@@ -108,3 +114,17 @@ def test_no_token_in_the_agents_logs(lab: relay.RelayLab) -> None:
     assert logs
     assert all(TOKEN not in log.read_text() for log in logs)
     assert any(TOKEN in json.dumps(h) for h in headers_seen(lab))
+
+
+def test_the_agent_port_is_mozilla_intermediate(lab: relay.RelayLab) -> None:
+    """Issue #20, finding 6, with sslyze: the agent's port, scanned from the hub with the hub's certificate."""
+    assert lab.origin_ca is not None
+    target = tls_scan.TlsTarget(
+        lab.addresses[("us", "origin")][1],
+        AGENT_PORT,
+        agent.tls_name(lab.config),
+        lab.origin_ca.root_path,
+        client_cert=lab.pop_dir("us") / "origin-client.crt",
+        client_key=lab.conf("us").parent / render.ORIGIN_CLIENT_KEY_FILE,
+    )
+    assert_mozilla_intermediate(tls_scan.scan(target, wrap=in_namespace(lab, "us")))

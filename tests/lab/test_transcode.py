@@ -254,7 +254,8 @@ def test_a_slave_on_another_plex_version_is_refused(lab: TranscodeLab) -> None:
 def test_a_working_directory_the_slave_cannot_see_means_local(lab: TranscodeLab) -> None:
     """Shared storage missing on the slave: the guard refuses, and the origin transcodes itself."""
     lab.write_origin_config(["slave1"])
-    private = lab.root / "private"
+    # Inside the shared transcode directory, where Plex's session directories are, but not shared with the slave.
+    private = lab.transcode_dir / "unshared"
     private.mkdir(exist_ok=True)
     out = lab.output_dir("private")
     # A tmpfs only this dispatcher's mount namespace sees, like a transcode directory the slave lacks.
@@ -290,6 +291,13 @@ def test_the_transcoder_on_a_slave_reaches_plex_at_its_own_loopback(lab: Transco
 RECORDED_ARGS = Path(__file__).parent.parent / "fixtures" / "transcoder-args"
 
 
+def _moved(argument: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if argument.startswith(old):
+            return new + argument[len(old) :]
+    return argument
+
+
 @pytest.mark.parametrize("fixture", sorted(path.name for path in RECORDED_ARGS.glob("*.json")))
 def test_recorded_plex_arguments_go_where_they_can_run(lab: TranscodeLab, fixture: str) -> None:
     """Plex's own argument lists, as recorded: those that need EasyAudioEncoder stay on the origin, the rest go out.
@@ -298,11 +306,14 @@ def test_recorded_plex_arguments_go_where_they_can_run(lab: TranscodeLab, fixtur
     wherever it runs: the exit status and message must match a direct run, and the logs must say where it ran.
     """
     case = json.loads((RECORDED_ARGS / fixture).read_text(encoding="utf-8"))
+    # The recorded server's shared directories, here the lab's, as a stack's transcode settings name them.
+    shared = {"/media/": f"{lab.media}/", "/transcode/": f"{lab.transcode_dir}/"}
+    argv = [_moved(argument, shared) for argument in case["argv"]]
     out = lab.output_dir("recorded")
     env = lab_environment(TOKEN)
     env["EAE_ROOT"] = "/tmp/pms-0c5e-lab/EasyAudioEncoder"
-    direct = lab.dispatch(case["argv"], cwd=out, env=env, program=lab.real_transcoder)
-    dispatched = lab.dispatch(case["argv"], cwd=out, env=env)
+    direct = lab.dispatch(argv, cwd=out, env=env, program=lab.real_transcoder)
+    dispatched = lab.dispatch(argv, cwd=out, env=env)
     assert dispatched.exit_code == direct.exit_code != 0
     assert dispatched.stderr == direct.stderr
     log = lab.origin_log_text()
@@ -311,6 +322,9 @@ def test_recorded_plex_arguments_go_where_they_can_run(lab: TranscodeLab, fixtur
         assert remote_runs == 0
         assert f"transcoding locally (it needs Plex's EasyAudioEncoder ({', '.join(case['easy_audio_encoder'])})" in log
         assert "chose slave" not in log
+    elif "stays_local" in case:
+        assert remote_runs == 0
+        assert "a slave would refuse this transcode: option -hwaccel" in log, log
     else:
         assert remote_runs == 1
         assert "chose slave" in log and "transcoding locally" not in log

@@ -176,6 +176,9 @@ def _agent_values(values: dict[str, Any], home: Guest) -> dict[str, Any]:
             "applyFirewall": True,
         },
     }
+    # Plex's settings through its API are the status lab's (tests/lab/test_status.py, against the stand-in's
+    # /:/prefs); this Plex host's stand-in keeps no Preferences.xml to read the owner's token from.
+    changed["plex"] = {"applySettings": False}
     return changed
 
 

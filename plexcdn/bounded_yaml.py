@@ -14,6 +14,8 @@ from typing import Any, Final, cast
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from plexcdn.setting_kinds import shown
+
 # A stack file of a hundred POPs with every optional section is well under 100 KB.
 MAX_BYTES: Final = 1024 * 1024
 # The deepest setting is config > plex-cdn:library > viewers > [i] > swarmCidrs > [j].
@@ -65,6 +67,8 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         # The key or index of each node being composed, outermost first.
         self._path: list[object] = []
+        # Nodes being composed, keys included: a mapping used as a key (`{{{...}: x}: x}`) nests without a path.
+        self._depth = 0
         self._values = 0
         # (expanded size, depth) of each finished node, by id: nodes live as long as the document.
         self._measure: dict[int, tuple[int, int]] = {}
@@ -84,14 +88,16 @@ class _BoundedLoader(yaml.SafeLoader):
         # PyYAML passes the key node as `index` for a mapping's values, the position for a sequence's items.
         if index is not None:
             self._path.append(index.value if isinstance(index, ScalarNode) else index)
+        self._depth += 1
         try:
             if self.check_event(yaml.AliasEvent):
                 self._check_alias(cast(yaml.AliasEvent, self._next_event()))
                 return super().compose_node(parent, index)
-            if len(self._path) > MAX_DEPTH:
+            if max(len(self._path), self._depth - 1) > MAX_DEPTH:
                 raise self._fail(f"nested more than {MAX_DEPTH} levels deep", self._next_event().start_mark)
             node = super().compose_node(parent, index)
         finally:
+            self._depth -= 1
             if index is not None:
                 self._path.pop()
         if node is not None:
@@ -139,7 +145,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 continue
             if key_node.value in seen:
                 raise StackFileError(
-                    f"the key {key_node.value!r} is written twice in one mapping; Pulumi refuses that too",
+                    f"the key {shown(key_node.value)} is written twice in one mapping; Pulumi refuses that too",
                     line=key_node.start_mark.line + 1,
                 )
             seen.add(key_node.value)

@@ -434,14 +434,14 @@ def vm_problems(model: Settings) -> Iterator[Problem]:
         pass  # asked for where the kind's keys are
     elif region_slug not in table.regions:
         yield Problem(
-            model.loc("region"), f"{region_slug!r} is not a {provider} region; use {one_of(sorted(table.regions))}"
+            model.loc("region"), f"{shown(region_slug)} is not a {provider} region; use {one_of(sorted(table.regions))}"
         )
     elif not regions.serves_user_data(provider, region_slug):
         yield Problem(model.loc("region"), _no_user_data_message(provider, region_slug))
     if size_slug and size_slug not in table.sizes:
         yield Problem(
             model.loc("size"),
-            f"{size_slug!r} is not a {provider} size this program knows; use {one_of(list(table.sizes))}",
+            f"{shown(size_slug)} is not a {provider} size this program knows; use {one_of(list(table.sizes))}",
         )
 
 

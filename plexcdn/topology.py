@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from plexcdn import regions
-from plexcdn.setting_kinds import Problem, one_of
+from plexcdn.setting_kinds import Problem, one_of, shown
 
 if TYPE_CHECKING:
     from plexcdn.config import OriginConfig, PopConfig, StackConfig
@@ -63,12 +63,14 @@ def tree_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
     seen: set[str] = set()
     for index, pop in enumerate(pops):
         if pop.name in seen:
-            yield Problem(("pops", index, "name"), f"{pop.name!r} is used by another POP; POP names must be unique")
+            yield Problem(
+                ("pops", index, "name"), f"{shown(pop.name)} is used by another POP; POP names must be unique"
+            )
         seen.add(pop.name)
     for index, pop in enumerate(pops):
         if pop.upstream != ORIGIN and pop.upstream not in names:
             yield Problem(
-                ("pops", index, "upstream"), f"{pop.upstream!r} is not a POP; use 'origin' or {one_of(names)}"
+                ("pops", index, "upstream"), f"{shown(pop.upstream)} is not a POP; use 'origin' or {one_of(names)}"
             )
         elif pop.upstream == pop.name:
             yield Problem(("pops", index, "upstream"), "a POP cannot be its own upstream")

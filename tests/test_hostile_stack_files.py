@@ -66,6 +66,26 @@ CASES: dict[str, tuple[bytes, str]] = {
     ),
     "a 5,000-digit domain": (example_with(domain="7" * 5000).encode(), "domain: must be a DNS name"),
     "50,000 levels of nesting": (example_with(domain=deep_nesting()).encode(), "domain[0]"),
+    "2,000 mappings each the key of the next": (
+        example_with(domain="{" * 2000 + "}" * 2000).encode(),
+        "domain: nested",
+    ),
+    "a 6,000-character upstream": (
+        example_with(
+            pops="[{name: us, provider: digitalocean, region: nyc3, size: s-1vcpu-1gb, upstream: "
+            + "origin" * 1000
+            + "}]"
+        ).encode(),
+        "pops[0].upstream: 'originorigin",
+    ),
+    "a 4,000-character region": (
+        example_with(
+            pops="[{name: us, provider: digitalocean, region: "
+            + "nyc3" * 1000
+            + ", size: s-1vcpu-1gb, upstream: origin}]"
+        ).encode(),
+        "pops[0].region: 'nyc3nyc3",
+    ),
     "a billion laughs as the domain": (example_with(domain=billion_laughs()).encode(), "domain"),
     "an alias that holds itself": (example_with(nginx="&loop {viewerHttp2: *loop}").encode(), "nginx.viewerHttp2: "),
     "a key written twice": (

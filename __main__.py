@@ -57,8 +57,16 @@ pulumi.export(
     },
 )
 pulumi.export("originAllowList", stack.origin_allow_list)
+cost = estimate(config)
 pulumi.export(
-    "monthlyCostEstimateUsd", {"total": stack.monthly_cost_usd, "pricesAsOf": PRICES_AS_OF, **estimate(config).vms_usd}
+    "monthlyCostEstimateUsd",
+    {
+        "total": stack.monthly_cost_usd,
+        "pricesAsOf": PRICES_AS_OF,
+        **cost.vms_usd,
+        # Only with `viewing`: without it the transfer is unknown, not free.
+        **({"transferOverageUsd": cost.transfer_overage_usd} if config.viewing is not None else {}),
+    },
 )
 if stack.home_wireguard_config is not None:
     pulumi.export("homeWireguardConfig", stack.home_wireguard_config)

@@ -165,6 +165,29 @@ class Fraction(Kind):
         return {"type": "number", "minimum": self.low, "maximum": self.high}
 
 
+_DECIMAL: Final = re.compile(r" *[0-9]{1,9}(\.[0-9]{1,9})? *")
+_DECIMAL_PATTERN: Final = r"^ *[0-9]{1,9}(\.[0-9]{1,9})? *$"
+
+
+class Amount(Fraction):
+    """A quantity in a range, in a unit the message names (a bitrate in Mbit/s); also a string of digits with
+    an optional decimal point, as Pulumi gives numbers set with `pulumi config set`."""
+
+    def __init__(self, low: float, high: float, what: str) -> None:
+        super().__init__(low, high)
+        self.what = what
+        self.must = f"{what} from {low:g} to {high:g}"
+
+    def check(self, value: object) -> float:
+        number = float(value) if isinstance(value, str) and _DECIMAL.fullmatch(value) else value
+        if isinstance(number, int | float) and not isinstance(number, bool) and self.low <= number <= self.high:
+            return float(number)
+        raise setting_error(f"must be {self.must}, got {shown(value)}")
+
+    def json_schema(self) -> JsonSchema:
+        return {"anyOf": [super().json_schema(), {"type": "string", "pattern": _DECIMAL_PATTERN}]}
+
+
 class Boolean(Kind):
     """true or false; also the strings "true" and "false" in any case, as Pulumi gives them."""
 

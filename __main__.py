@@ -71,8 +71,16 @@ if stack.plex is not None:
         "plexSettings",
         {**stack.plex.settings, **({"report": stack.plex.report} if stack.plex.report is not None else {})},
     )
+cost = estimate(config)
 pulumi.export(
-    "monthlyCostEstimateUsd", {"total": stack.monthly_cost_usd, "pricesAsOf": PRICES_AS_OF, **estimate(config).vms_usd}
+    "monthlyCostEstimateUsd",
+    {
+        "total": stack.monthly_cost_usd,
+        "pricesAsOf": PRICES_AS_OF,
+        **cost.vms_usd,
+        # Only with `viewing`: without it the transfer is unknown, not free.
+        **({"transferOverageUsd": cost.transfer_overage_usd} if config.viewing is not None else {}),
+    },
 )
 if stack.home_wireguard_config is not None:
     pulumi.export("homeWireguardConfig", stack.home_wireguard_config)

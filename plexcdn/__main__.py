@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from plexcdn import plex_settings, render, topology
+from plexcdn import plex_settings, render, topology, transfer
 from plexcdn.config import PLEX_TOKEN, ConfigError, StackConfig, load_stack_file, secrets_in_stack_file
 from plexcdn.cost import estimate
 
@@ -61,7 +61,12 @@ def _validate(args: argparse.Namespace) -> int:
             what = peer.media_dir if peer.role == "seeder" else peer.mount_dir
             print(f"library {peer.name:<12} {peer.role:<6} {where:<32} {what}")
     cost = estimate(config)
-    print(f"estimated monthly cost: ${cost.total_usd:.2f} (prices as of {cost.prices_as_of})")
+    overage = ""
+    if cost.transfer_overage_usd:
+        overage = f"; ${cost.transfer_overage_usd:,.2f} of it transfer beyond the allowances"
+    print(f"estimated monthly cost: ${cost.total_usd:.2f} (prices as of {cost.prices_as_of}{overage})")
+    for line in transfer.report_lines(cost.transfer_out):
+        print(line)
     applier = _plex_applier(config, args.stack_file)
     print(
         f"plex settings: {plex_settings.how_applied(applier, config)} "

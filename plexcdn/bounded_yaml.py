@@ -14,7 +14,7 @@ from typing import Any, Final, cast
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from plexcdn.setting_kinds import shown
+from plexcdn.setting_kinds import PLAIN_KEY, shown
 
 # A stack file of a hundred POPs with every optional section is well under 100 KB.
 MAX_BYTES: Final = 1024 * 1024
@@ -56,8 +56,9 @@ def _setting(path: list[object]) -> str:
     for part in path[1:] if path[:1] == ["config"] else path:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif not PLAIN_KEY.fullmatch(name := str(part).removeprefix("plex-cdn:")):
+            text += f"[{shown(name)}]"
         else:
-            name = str(part).removeprefix("plex-cdn:")
             text += f".{name}" if text else name
     return text
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo
 
-from plexcdn import bounded_yaml, regions, topology
+from plexcdn import bounded_yaml, regions, topology, transfer
 from plexcdn.setting_kinds import (
     ABSOLUTE_PATH_PATTERN,
     DNS_NAME_PATTERN,
@@ -34,6 +34,7 @@ from plexcdn.setting_kinds import (
     SSH_MIN_PREFIX,
     SSH_PUBLIC_KEY_PATTERN,
     UNSAFE_TEXT,
+    Amount,
     AnyNetwork,
     Boolean,
     Choice,
@@ -1170,6 +1171,34 @@ class PlexServerSettings(Settings):
                 )
 
 
+# Every viewer together, a month: 100,000 hours is about 140 streams without pause, day and night.
+VIEWING_HOURS_MAX: Final = 100_000
+
+
+class ViewingConfig(Settings):
+    """What viewers are expected to watch through the POPs, for the transfer part of the monthly estimate."""
+
+    hours_per_month: Annotated[
+        int,
+        Missing(
+            "is required: the hours of video all viewers together watch through the POPs in a month, a whole "
+            f"number from 0 to {VIEWING_HOURS_MAX}"
+        ),
+        WholeNumber(0, VIEWING_HOURS_MAX, "a whole number of hours"),
+        Field(
+            description="hours of video all viewers together watch through the POPs in a month; spread evenly over "
+            "the POPs, it becomes the transfer leaving each of them (`validate` prints it against each provider's "
+            "pooled allowance and warns when it goes over)"
+        ),
+    ]
+    bitrate_mbps: Annotated[
+        float,
+        Amount(0.1, 500, "a bitrate in Mbit/s"),
+        Doc(default=f"`{transfer.FOUR_K_MBPS}` (4K)"),
+        Field(description="the streams' average bitrate in Mbit/s: about 30 for 4K, 8 to 20 for 1080p"),
+    ] = float(transfer.FOUR_K_MBPS)
+
+
 class StackConfig(Settings):
     domain: Annotated[
         str,
@@ -1209,6 +1238,13 @@ class StackConfig(Settings):
         ListOf("a non-empty list of POPs (name, provider, region, size, upstream)"),
         Field(description="the POPs: hubs (upstream origin) near the Plex server, edges near viewers"),
     ]
+    viewing: Annotated[
+        ViewingConfig | None,
+        Field(
+            description="optional: the viewing expected each month, which the monthly estimate turns into transfer "
+            "out of the POPs"
+        ),
+    ] = None
     transcode: Annotated[
         TranscodeConfig | None, Field(description="optional: transcode offload (docs/transcode-offload.md)")
     ] = None
@@ -1319,8 +1355,31 @@ class StackConfig(Settings):
     def _completed(self, info: ValidationInfo) -> Self:
         context = info.context if isinstance(info.context, Mapping) else {}
         self._stack = str(context.get("stack", ""))
-        self._warnings = (*_hub_distance_warnings(self), *_stream_buffer_warnings(self), *_verify_name_warnings(self))
+        self._warnings = (
+            *_hub_distance_warnings(self),
+            *_stream_buffer_warnings(self),
+            *_verify_name_warnings(self),
+            *_transfer_warnings(self),
+        )
         return self
+
+
+def _transfer_warnings(config: StackConfig) -> Iterator[str]:
+    """Viewing that sends more out of a provider's VMs than their pooled allowance is billed per GB beyond it."""
+    if config.viewing is None:
+        return
+    moved = transfer.for_stack(config)
+    viewing = config.viewing
+    for pool in moved.over:
+        names = ", ".join(f"{vm.name} {vm.size.slug}" for vm in pool.vms)
+        yield (
+            f"viewing.hoursPerMonth: {viewing.hours_per_month:,} hours a month at {viewing.bitrate_mbps:g} Mbit/s, "
+            f"spread evenly over the POPs, send about {pool.amount(pool.expected_bytes or 0)} out of the "
+            f"{pool.name} VMs, over their pooled allowance of {pool.amount(pool.allowance_bytes)} ({names}): about "
+            f"${pool.overage_usd:,.2f} a month for {pool.amount(pool.overage_bytes)} at "
+            f"${pool.overage_usd_per_unit}/{pool.terms.unit}. The allowance covers {pool.four_k_hours:,} hours of 4K "
+            f"({transfer.FOUR_K_MBPS} Mbit/s) a month; a larger size adds more to the pool"
+        )
 
 
 def _stream_buffer_warnings(config: StackConfig) -> Iterator[str]:

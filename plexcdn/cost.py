@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plexcdn import regions
+from plexcdn import regions, transfer
 from plexcdn.config import StackConfig
 
 
@@ -12,20 +12,21 @@ from plexcdn.config import StackConfig
 class CostEstimate:
     vms_usd: dict[str, float]
     health_checks_usd: float
+    transfer_overage_usd: float
     total_usd: float
     prices_as_of: str
     included_transfer_tb: float
+    transfer_out: transfer.TransferEstimate
 
 
 def estimate(config: StackConfig) -> CostEstimate:
-    """VMs (POPs, cloud transcode slaves and cloud library peers) and health checks; DNS queries and transfer
-    beyond each VM's allowance are usage, not included."""
-    sizes = {pop.name: pop.size_info for pop in config.pops}
-    if config.transcode is not None:
-        sizes.update({f"transcode-{slave.name}": slave.size_info for slave in config.transcode.cloud_slaves})
-    if config.library is not None:
-        sizes.update({f"library-{p.name}": p.size_info for p in config.library.peers if p.kind == "cloud"})
-    vms = {name: size.monthly_usd for name, size in sizes.items()}
+    """VMs (POPs, cloud transcode slaves and cloud library peers), health checks, and with `viewing` the transfer
+    beyond the pooled allowances that viewing alone would cause; DNS queries are usage, not included."""
+    machines = transfer.stack_vms(config)
+    vms_usd = {vm.name: vm.size.monthly_usd for vm in machines}
     health = regions.ROUTE53_HEALTH_CHECK_USD * len(config.pops)
-    transfer = sum(size.transfer_tb for size in sizes.values())
-    return CostEstimate(vms, health, round(sum(vms.values()) + health, 2), regions.PRICES_AS_OF, transfer)
+    moved = transfer.for_stack(config)
+    overage = float(moved.overage_usd)
+    included = sum(vm.size.transfer_tb for vm in machines)
+    total = round(sum(vms_usd.values()) + health + overage, 2)
+    return CostEstimate(vms_usd, health, overage, total, regions.PRICES_AS_OF, included, moved)

@@ -9,8 +9,9 @@ region closest to it on the network.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Final
 
 PRICES_AS_OF: Final = "2025-06"
@@ -130,6 +131,61 @@ PROVIDERS: Final[dict[str, ProviderTable]] = {
         ),
     ),
 }
+
+
+@dataclass(frozen=True)
+class TransferTerms:
+    """How a provider bills what leaves its VMs: each VM adds its size's allowance (`Size.transfer_tb`, in
+    thousands of `unit`) to a pool the whole account shares, and what leaves the pool's VMs beyond it is billed
+    per `unit`. Regions in `separate_pools` keep a pool of their own, at their own price."""
+
+    unit: str
+    unit_bytes: int
+    overage_usd_per_unit: Decimal
+    separate_pools: Mapping[str, Decimal]
+    source: str
+    as_of: str
+
+
+# Only outbound transfer on the public interface counts, on both; inbound is free. A relayed stream leaves
+# the edge (towards the viewer) and every POP it came through (towards the next one down), all over public
+# addresses in other regions, so all of it counts.
+TRANSFER: Final[dict[str, TransferTerms]] = {
+    # "Additional outbound transfer is billed at $0.01 per GiB ... pooled cumulatively across all Droplets at
+    # the team level"; plans are sold in GiB (1,000 GiB with the 1 GiB Droplet). A Droplet accrues its allowance
+    # by the hour up to 672 hours, so one kept all month adds all of it.
+    "digitalocean": TransferTerms(
+        unit="GiB",
+        unit_bytes=2**30,
+        overage_usd_per_unit=Decimal("0.01"),
+        separate_pools={},
+        source="https://docs.digitalocean.com/products/droplets/details/pricing (Droplet bandwidth)",
+        as_of="2025-05",
+    ),
+    # "Any additional transfer usage that exceeds this monthly allotment starts at $0.005/GB"; Jakarta and São
+    # Paulo track their transfer in a pool of their own, billed at $0.015 and $0.007 per GB, and every other
+    # core region shares the account's global pool. Plans are sold in TB of 1,000 GB.
+    "linode": TransferTerms(
+        unit="GB",
+        unit_bytes=10**9,
+        overage_usd_per_unit=Decimal("0.005"),
+        separate_pools={"id-cgk": Decimal("0.015"), "br-gru": Decimal("0.007")},
+        source="https://www.linode.com/docs/products/platform/get-started/guides/network-transfer/ (Usage Costs)",
+        as_of="2023-10",
+    ),
+}
+
+
+def transfer_pool(provider: str, region_slug: str) -> tuple[str, str | None]:
+    """The pool a VM's allowance joins and its transfer counts against: (provider, None) for the account-wide
+    pool, (provider, region) for a region that keeps its own."""
+    return (provider, region_slug if region_slug in TRANSFER[provider].separate_pools else None)
+
+
+def overage_usd_per_unit(pool: tuple[str, str | None]) -> Decimal:
+    terms = TRANSFER[pool[0]]
+    return terms.overage_usd_per_unit if pool[1] is None else terms.separate_pools[pool[1]]
+
 
 # Route53 list prices (USD per month) for what this program creates in the user's existing zone.
 ROUTE53_HEALTH_CHECK_USD: Final = 0.75  # HTTP check of a non-AWS endpoint, no optional features

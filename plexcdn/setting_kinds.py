@@ -41,6 +41,10 @@ _SHOWN.maxlong = 40
 _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
 
 
+# A settings key as a path names it without quoting: pops[1].region.
+PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def shown(value: object) -> str:
     """A value as a message quotes it: on one line (repr escapes control characters), and short however large or
     deep the value is."""
@@ -163,6 +167,29 @@ class Fraction(Kind):
 
     def json_schema(self) -> JsonSchema:
         return {"type": "number", "minimum": self.low, "maximum": self.high}
+
+
+_DECIMAL: Final = re.compile(r" *[0-9]{1,9}(\.[0-9]{1,9})? *")
+_DECIMAL_PATTERN: Final = r"^ *[0-9]{1,9}(\.[0-9]{1,9})? *$"
+
+
+class Amount(Fraction):
+    """A quantity in a range, in a unit the message names (a bitrate in Mbit/s); also a string of digits with
+    an optional decimal point, as Pulumi gives numbers set with `pulumi config set`."""
+
+    def __init__(self, low: float, high: float, what: str) -> None:
+        super().__init__(low, high)
+        self.what = what
+        self.must = f"{what} from {low:g} to {high:g}"
+
+    def check(self, value: object) -> float:
+        number = float(value) if isinstance(value, str) and _DECIMAL.fullmatch(value) else value
+        if isinstance(number, int | float) and not isinstance(number, bool) and self.low <= number <= self.high:
+            return float(number)
+        raise setting_error(f"must be {self.must}, got {shown(value)}")
+
+    def json_schema(self) -> JsonSchema:
+        return {"anyOf": [super().json_schema(), {"type": "string", "pattern": _DECIMAL_PATTERN}]}
 
 
 class Boolean(Kind):

@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from plexcdn.setting_kinds import Kind, ListOf, Loc, Missing, Problem, one_of, shown
+from plexcdn.setting_kinds import PLAIN_KEY, Kind, ListOf, Loc, Missing, Problem, one_of, shown
 
 _Method = TypeVar("_Method", bound=Callable[..., Iterator[Problem]])
 
@@ -227,13 +227,16 @@ def setting_at(root: type[Settings], loc: Loc) -> tuple[type[Settings] | None, F
 
 
 def path_text(loc: Loc) -> str:
-    """pops, 1, region -> pops[1].region"""
+    """pops, 1, region -> pops[1].region; a key that is no plain name (empty, spaced, very long) in brackets,
+    quoted short: acme['']"""
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif not PLAIN_KEY.fullmatch(part):
+            text += f"[{shown(part)}]"
         else:
-            text += f".{part}" if text else str(part)
+            text += f".{part}" if text else part
     return text
 
 

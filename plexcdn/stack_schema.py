@@ -144,6 +144,7 @@ TABLES: Final[tuple[tuple[str, type[Settings], str], ...]] = (
     ("admin", config.AdminConfig, ""),
     ("nginx", config.NginxSettings, ""),
     ("pops", config.PopConfig, ""),
+    ("viewing", config.ViewingConfig, ""),
     ("transcode", config.TranscodeConfig, ""),
     ("transcode.origin", config.TranscodeOriginAccess, ""),
     ("transcode.slaves", config.TranscodeSlaveConfig, ""),

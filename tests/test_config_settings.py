@@ -99,6 +99,8 @@ def test_every_setting_of_the_examples_is_changed_and_ranges_and_choices_are_tri
         "library.swarmPort",
         "library.viewers[0].cacheGb",
         "library.viewers[1].provider",
+        "viewing.hoursPerMonth",
+        "viewing.bitrateMbps",
     } <= changed
     assert len({(name, path) for name, path, _, _ in MUTATIONS}) == sum(
         len(list(setting_leaves(document))) for document in DOCUMENTS.values()
@@ -244,7 +246,7 @@ def test_the_stack_name_and_warnings_are_not_settings() -> None:
             parse_config(values, "dev")
         assert caught.value.problems == (
             f"{key}: unknown setting; valid settings here: domain, sharedHostname, acme, origin, admin, nginx, pops, "
-            "transcode, library, plex",
+            "viewing, transcode, library, plex",
         )
 
 

@@ -86,6 +86,7 @@ CASES: dict[str, tuple[bytes, str]] = {
         ).encode(),
         "pops[0].region: 'nyc3nyc3",
     ),
+    "an empty key": (example_with(acme="{email: you@example.com, '': x}").encode(), "acme['']: unknown setting"),
     "a billion laughs as the domain": (example_with(domain=billion_laughs()).encode(), "domain"),
     "an alias that holds itself": (example_with(nginx="&loop {viewerHttp2: *loop}").encode(), "nginx.viewerHttp2: "),
     "a key written twice": (

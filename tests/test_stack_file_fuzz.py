@@ -335,9 +335,11 @@ def example_shapes(driver: Driver, tmp_path_factory: pytest.TempPathFactory) -> 
 # --- the fuzzing ------------------------------------------------------------------------------------------------
 
 TOP_LEVEL_SETTINGS = set(example_values()) | {"transcode", "library", "plex", "homeSshKey", "plexToken"}
-# `error: <setting>[.<key>|[<index>]]...: <what is wrong>` (a path too deep to print ends in `...`), or a
-# problem with the file itself.
-NAMED_SETTING = re.compile(r"error: (?:plex-cdn:)?([A-Za-z][A-Za-z0-9]*)(?:\.[A-Za-z0-9]+|\[\d+\])*(?:\.\.\.)?: ")
+# `error: <setting>[.<key>|[<index>]|['<odd key>']]...: <what is wrong>` (a path too deep to print ends in
+# `...`), or a problem with the file itself.
+NAMED_SETTING = re.compile(
+    r"error: (?:plex-cdn:)?([A-Za-z][A-Za-z0-9]*)(?:\.[A-Za-z0-9_-]+|\[\d+\]|\[['\"].*?['\"]\])*(?:\.\.\.)?: "
+)
 
 
 def names_a_setting_or_the_file(line: str, stack_file: Path) -> bool:

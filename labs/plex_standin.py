@@ -55,8 +55,6 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from plexcdn.config import HOME_LAN_RANGES
-
 MEDIA_PATH: Final = "/library/parts/1/file.mkv"
 MEDIA_ROUTE: Final = "/library/parts/{part_id}/{file_name}"
 WEBSOCKET_PATH: Final = "/:/websockets/notifications"
@@ -573,6 +571,14 @@ def _media_validators(stat: os.stat_result) -> tuple[str, str]:
     etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
     last_modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
     return etag, last_modified
+
+
+# The networks Plex counts as local; plexcdn.config.HOME_LAN_RANGES, written out because this file runs on its
+# own on the boot lab's Plex host (tests/test_status.py keeps the two equal).
+HOME_LAN_RANGES: Final = tuple(
+    ipaddress.ip_network(network)
+    for network in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 
 
 def on_a_lan(address: str) -> bool:

@@ -29,7 +29,7 @@ from labs import plex_standin as lab_origin
 from labs import pop_tree
 from labs.lab_ca import LabCA
 from labs.netns import Lab, LabError, remove_namespaces_with_prefix
-from plexcdn import agent, render, topology
+from plexcdn import PROJECT_ROOT, agent, render, topology
 from plexcdn.config import StackConfig, load_stack_file
 
 PREFIX = "pcr-"
@@ -97,6 +97,15 @@ class RelayLab:
         deadline = time.monotonic() + 10
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def check_certificate(self, pop: str) -> subprocess.CompletedProcess[str]:
+        """The POP's certificate check as its hourly timer runs it (the unit's own arguments, on the lab's files)."""
+        units = render.certificate_check_units(self.config, pop, str(self.pop_dir(pop)))
+        service = units[render.CERTIFICATE_CHECK_UNITS[0]]
+        command = next(line for line in service.splitlines() if line.startswith("ExecStart=")).split()
+        program = PROJECT_ROOT / "plexcdn" / "certificate_check.py"
+        argv = [sys.executable, "-I", str(program), *command[1:]]
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
 
     def render_pop(self, pop: str, config: StackConfig | None = None) -> None:
         """(Re)write a POP's nginx files from `config` (default: the lab's), as the deploy would."""
@@ -220,6 +229,9 @@ def _install_certificates(relay: RelayLab) -> None:
         for directory in ("run", "var/log/nginx", "var/cache/nginx", "etc/ssl/certs"):
             (base / directory).mkdir(parents=True, exist_ok=True)
         ca.issue(config.certificate_names(name), base / "etc" / "letsencrypt", config.pop_name(name))
+        checked = relay.check_certificate(name)
+        if checked.returncode != 0:
+            raise LabError(f"{name}'s certificate check failed: {checked.stderr.strip()}")
         shutil.copyfile(ca.bundle_path, base / "etc" / "ssl" / "certs" / "ca-certificates.crt")
         _issue_origin_client_certificate(relay, config, name)
         relay.render_pop(name)

@@ -16,7 +16,16 @@ from typing import Final
 
 import jinja2
 
-from plexcdn import PROJECT_ROOT, TEMPLATES_DIR, acme_dns_hook, origin_resolver, topology, tunnel_filter, vm_identity
+from plexcdn import (
+    PROJECT_ROOT,
+    TEMPLATES_DIR,
+    acme_dns_hook,
+    certificate_check,
+    origin_resolver,
+    topology,
+    tunnel_filter,
+    vm_identity,
+)
 from plexcdn.config import StackConfig
 from plexcdn.vm_identity import VmIdentity
 
@@ -54,6 +63,10 @@ RELEASE_PATH: Final = "/plexcdn/release"
 ORIGIN_SERVERS_FILE: Final = "plexcdn-origin-servers.conf"
 ORIGIN_RESOLVER_PROGRAM: Final = "plexcdn-origin-resolve"
 ORIGIN_RESOLVER_UNITS: Final = ("plexcdn-origin-resolve.service", "plexcdn-origin-resolve.timer")
+CERTIFICATE_CHECK_PROGRAM: Final = "plexcdn-certificate-check"
+CERTIFICATE_CHECK_UNITS: Final = ("plexcdn-certificate-check.service", "plexcdn-certificate-check.timer")
+# What plexcdn-certificate-check keeps there: the state `status` reads, and the file that fails the health check.
+CERTIFICATE_STATE_DIR: Final = "/var/lib/plex-cdn"
 FIRST_BOOT_PATH: Final = "/usr/local/sbin/plexcdn-first-boot"
 FIRST_BOOT_STATUS: Final = "/var/lib/plex-cdn/first-boot.step"
 CREDENTIALS_PATH: Final = "/etc/plex-cdn/aws-credentials"
@@ -309,6 +322,7 @@ def _pop_context(
         "nginx": config.nginx,
         "acme": config.acme,
         "prefix": prefix.rstrip("/"),
+        "certificate_expiring_flag": f"{prefix.rstrip('/')}{CERTIFICATE_STATE_DIR}/{certificate_check.EXPIRING_FLAG}",
         "peer_port": PEER_PORT,
         "upstream": upstream,
         "upstream_label": upstream.label,
@@ -448,6 +462,17 @@ def origin_resolver_units(config: StackConfig, pop_name: str, prefix: str = "") 
     return {unit: render_template(f"hub/{unit}.j2", **context) for unit in ORIGIN_RESOLVER_UNITS}
 
 
+def certificate_check_units(config: StackConfig, pop_name: str, prefix: str = "") -> dict[str, str]:
+    prefix = prefix.rstrip("/")
+    context = {
+        "program": f"/usr/local/sbin/{CERTIFICATE_CHECK_PROGRAM}",
+        "certificate": f"{prefix}/etc/letsencrypt/live/{config.pop_name(pop_name)}/fullchain.pem",
+        "state_dir": f"{prefix}{CERTIFICATE_STATE_DIR}",
+        "warn_days": certificate_check.DEFAULT_WARN_DAYS,
+    }
+    return {unit: render_template(f"certificate/{unit}.j2", **context) for unit in CERTIFICATE_CHECK_UNITS}
+
+
 def pop_release(
     config: StackConfig,
     pop_name: str,
@@ -455,8 +480,11 @@ def pop_release(
     peer: PeerCertificates | None = None,
 ) -> PopRelease:
     nginx = nginx_files(config, pop_name, addresses=addresses, peer=peer)
-    units = origin_resolver_units(config, pop_name)
-    programs = {ORIGIN_RESOLVER_PROGRAM: (PROJECT_ROOT / "plexcdn" / "origin_resolver.py").read_text()} if units else {}
+    resolver_units = origin_resolver_units(config, pop_name)
+    units = certificate_check_units(config, pop_name) | resolver_units
+    programs = {CERTIFICATE_CHECK_PROGRAM: (PROJECT_ROOT / "plexcdn" / "certificate_check.py").read_text()}
+    if resolver_units:
+        programs[ORIGIN_RESOLVER_PROGRAM] = (PROJECT_ROOT / "plexcdn" / "origin_resolver.py").read_text()
     identity = release_id(
         nginx
         | {f"sbin/{name}": text for name, text in programs.items()}
@@ -515,7 +543,7 @@ def deploy_nginx_script(config: StackConfig, pop_name: str, release: PopRelease)
         release_wait_seconds=RELEASE_WAIT_SECONDS,
         retired_files=retired_nginx_files(config, pop_name, release),
         retired_units=retired_units,
-        retired_programs=[] if release.programs else [ORIGIN_RESOLVER_PROGRAM],
+        retired_programs=[] if ORIGIN_RESOLVER_PROGRAM in release.programs else [ORIGIN_RESOLVER_PROGRAM],
     )
 
 
@@ -688,6 +716,8 @@ def render_stack(
             write(pop_dir / ORIGIN_SERVERS_FILE, origin_resolver.servers_conf(resolved[0], resolved[1], []))
             for unit, text in origin_resolver_units(config, name, prefix).items():
                 write(pop_dir / "systemd" / unit, text)
+        for unit, text in certificate_check_units(config, name, prefix).items():
+            write(pop_dir / "systemd" / unit, text)
         write(pop_dir / "cloud-init.yaml", cloud_init(config, name))
         if config.origin.link == "wireguard" and place.role == "hub":
             write(pop_dir / f"{WIREGUARD_INTERFACE}.conf", wireguard_hub_conf(config, name, PLACEHOLDER_WIREGUARD_KEYS))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from plexcdn import plex_settings, render, topology
+from plexcdn import certificate_check, plex_settings, render, topology
 from plexcdn.config import HOME_LAN_RANGES, StackConfig
 from plexcdn.transcode.render import as_root
 
@@ -235,11 +235,57 @@ def _access_log_json(value: object) -> object:
     return {"recentRequests": len(value), "recentClients": len({line.client_id for line in value})}
 
 
+@dataclass(frozen=True)
+class CertificateState:
+    not_after: datetime.datetime
+    days_left: int  # as of the status run, not of the POP's last check
+
+
+CERTIFICATE_STATE: Final = f"{render.CERTIFICATE_STATE_DIR}/{certificate_check.STATE_FILE}"
+
+
+def _certificate_command(options: StatusOptions, pop: str) -> str:
+    return f"cat {options.prefixed(pop, CERTIFICATE_STATE)}"
+
+
+def _certificate_parse(output: str, status: int, options: StatusOptions) -> object:
+    if status != 0:
+        raise CheckFailedError(
+            f"no certificate check yet ({CERTIFICATE_STATE}: {_last_line(output) or f'exit {status}'}); "
+            f"{render.CERTIFICATE_CHECK_PROGRAM} runs hourly"
+        )
+    try:
+        state = json.loads(output)
+        if "error" in state:
+            raise CheckFailedError(f"the certificate cannot be read: {state['error']}")
+        expiry = datetime.datetime.strptime(state["notAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckFailedError(f"{CERTIFICATE_STATE} is not what {render.CERTIFICATE_CHECK_PROGRAM} writes") from None
+    now = options.now if options.now.tzinfo is not None else options.now.replace(tzinfo=datetime.UTC)
+    return CertificateState(expiry, certificate_check.days_left(expiry.timestamp(), now.timestamp()))
+
+
+def _certificate_show(value: object) -> str:
+    assert isinstance(value, CertificateState)
+    shown = f"certificate until {value.not_after:%Y-%m-%d} ({value.days_left} days)"
+    if value.days_left < certificate_check.DEFAULT_WARN_DAYS:
+        shown += ": renewal is failing, the POP answers its DNS health check unhealthy"
+    return shown
+
+
+def _certificate_json(value: object) -> object:
+    assert isinstance(value, CertificateState)
+    return {"notAfter": f"{value.not_after:%Y-%m-%dT%H:%M:%SZ}", "daysLeft": value.days_left}
+
+
 RELEASE_CHECK: Final = PopCheck("release", _release_command, _release_parse, lambda value: f"release {value}")
+CERTIFICATE_CHECK: Final = PopCheck(
+    "certificate", _certificate_command, _certificate_parse, _certificate_show, _certificate_json
+)
 ACCESS_LOG_CHECK: Final = PopCheck(
     "accessLog", _access_log_command, _access_log_parse, _access_log_show, _access_log_json
 )
-POP_CHECKS: Final[tuple[PopCheck, ...]] = (RELEASE_CHECK, ACCESS_LOG_CHECK)
+POP_CHECKS: Final[tuple[PopCheck, ...]] = (RELEASE_CHECK, CERTIFICATE_CHECK, ACCESS_LOG_CHECK)
 
 
 @dataclass

@@ -178,9 +178,13 @@ def test_the_health_check_sends_a_fixed_get_and_answers_with_a_status_only() -> 
     ):
         assert line in health.splitlines(), line
     port_80 = files["nginx.conf"].split("listen 80 default_server;")[1].split("listen 443")[0]
-    public = port_80.split("location = /plexcdn/health {")[1].split("}")[0]
+    public = port_80.split("location = /plexcdn/health {")[1].split("\n        }")[0]
     assert "auth_request /plexcdn/health-chain;" in public
     assert "proxy_pass" not in public and "include" not in public
+    # Before the chain is asked: a certificate near expiry answers unhealthy on its own.
+    expiring = f"if (-f {render.CERTIFICATE_STATE_DIR}/certificate-expiring) {{"
+    assert public.index(expiring) < public.index("auth_request")
+    assert 'return 503 "unhealthy\\n";' in public.split(expiring)[1].split("}")[0]
 
 
 @pytest.mark.parametrize("label", sorted(CONFIGS))

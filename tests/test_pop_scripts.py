@@ -59,14 +59,16 @@ def test_every_pop_script_passes_shellcheck_as_posix_sh(values: object, tmp_path
         assert subprocess.run(["sh", "-n", path], check=False).returncode == 0, path
 
 
-def test_the_hubs_resolver_units_pass_systemd_analyze(tmp_path: Path) -> None:
+def test_the_hubs_resolver_and_certificate_check_units_pass_systemd_analyze(tmp_path: Path) -> None:
     config = config_from(example_values())
     release = render.pop_release(config, "us")
-    assert set(release.units) == set(render.ORIGIN_RESOLVER_UNITS)
-    program = tmp_path / "usr" / "local" / "sbin" / render.ORIGIN_RESOLVER_PROGRAM
-    program.parent.mkdir(parents=True)
-    program.write_text(release.programs[render.ORIGIN_RESOLVER_PROGRAM])
-    program.chmod(0o755)
+    assert set(release.units) == set(render.ORIGIN_RESOLVER_UNITS) | set(render.CERTIFICATE_CHECK_UNITS)
+    assert set(release.programs) == {render.ORIGIN_RESOLVER_PROGRAM, render.CERTIFICATE_CHECK_PROGRAM}
+    for name, text in release.programs.items():
+        program = tmp_path / "usr" / "local" / "sbin" / name
+        program.parent.mkdir(parents=True, exist_ok=True)
+        program.write_text(text)
+        program.chmod(0o755)
     for name, text in release.units.items():
         (tmp_path / name).write_text(text.replace("/usr/local/sbin/", f"{program.parent}/"))
     units = [str(tmp_path / name) for name in sorted(release.units)]
@@ -80,14 +82,27 @@ def test_the_hubs_resolver_units_pass_systemd_analyze(tmp_path: Path) -> None:
 
 def test_only_a_hub_that_reaches_the_origin_by_name_gets_the_resolver() -> None:
     config = config_from(example_values())
-    assert render.pop_release(config, "asia").units == {}
+    every_pops = set(render.CERTIFICATE_CHECK_UNITS)
+    assert set(render.pop_release(config, "asia").units) == every_pops
     by_address = example_values()
     by_address["origin"]["host"] = "203.0.114.50"
     del by_address["origin"]["verifyName"]
     release = render.pop_release(config_from(by_address), "us")
-    assert release.units == {} and release.programs == {}
+    assert set(release.units) == every_pops and set(release.programs) == {render.CERTIFICATE_CHECK_PROGRAM}
     assert "server 203.0.114.50:32400;" in release.nginx["plexcdn-upstream.conf"]
-    assert render.pop_release(config_from(wireguard_values()), "us").units == {}
+    assert set(render.pop_release(config_from(wireguard_values()), "us").units) == every_pops
+
+
+def test_every_pop_checks_its_own_certificate_every_hour() -> None:
+    config = config_from(example_values())
+    for pop in ("us", "asia"):
+        release = render.pop_release(config, pop)
+        service = release.units["plexcdn-certificate-check.service"]
+        assert f"--certificate /etc/letsencrypt/live/{config.pop_name(pop)}/fullchain.pem" in service
+        assert f"--state-dir {render.CERTIFICATE_STATE_DIR} --warn-days 14" in service
+        assert "OnUnitActiveSec=1h" in release.units["plexcdn-certificate-check.timer"]
+        script = render.deploy_nginx_script(config, pop, release)
+        assert "systemctl enable --now plexcdn-certificate-check.timer" in script
 
 
 def test_the_release_id_covers_the_resolver_and_is_what_nginx_reports() -> None:

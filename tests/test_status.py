@@ -6,15 +6,18 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from labs import plex_standin
 from labs.plex_standin import BackgroundOrigin, LabSession, OriginSettings, make_media_file
 from plexcdn import status
-from plexcdn.config import parse_config
+from plexcdn.config import HOME_LAN_RANGES, parse_config
 from tests.conftest import example_values
+from tests.test_certificate_check import CERTIFICATE_CHECK, self_signed_certificate
 
 NOW = datetime.datetime(2026, 8, 1, 12, 0, tzinfo=datetime.UTC)
 TOKEN = "status-owner-token-9d2e"
@@ -60,13 +63,35 @@ def test_the_composite_command_keeps_each_checks_output_and_exit_status(tmp_path
     log = tmp_path / "pops" / "edge" / "var" / "log" / "nginx" / "access.log"
     log.parent.mkdir(parents=True)
     log.write_text(log_line("web-1") + "\n")
+    certificate = self_signed_certificate(tmp_path, days=40)
+    state_dir = tmp_path / "pops" / "edge" / "var" / "lib" / "plex-cdn"
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(CERTIFICATE_CHECK),
+            "--certificate",
+            str(certificate),
+            "--state-dir",
+            str(state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
     opts = options(pop_prefix=str(tmp_path / "pops" / "{pop}"))
     command = status._composite(status.POP_CHECKS, opts, "edge")
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False, timeout=30)
     sections = status._sections(result.stdout)
-    assert set(sections) == {"release", "accessLog"}
+    assert set(sections) == {"release", "certificate", "accessLog"}
     assert sections["release"][1] != 0, "nothing answers on port 80 here"
     assert sections["accessLog"] == (log_line("web-1"), 0)
+    state: Any = status.CERTIFICATE_CHECK.parse(
+        *sections["certificate"], status.StatusOptions(now=datetime.datetime.now(datetime.UTC))
+    )
+    assert state.days_left in (39, 40)
+    assert status.CERTIFICATE_CHECK.show(state).startswith(f"certificate until {state.not_after:%Y-%m-%d} (")
     with pytest.raises(status.CheckFailedError, match="does not answer"):
         status.RELEASE_CHECK.parse(*sections["release"], opts)
 
@@ -214,3 +239,24 @@ def test_sessions_from_plexs_api_with_the_owners_token(origin: Any) -> None:
 def test_the_token_never_crosses_plain_http_to_a_public_address() -> None:
     with pytest.raises(status.StatusError, match="plain HTTP to a private address only"):
         status.sessions_with_token("http://203.0.113.5:32400", TOKEN)
+
+
+def test_the_plex_stand_in_counts_as_local_the_networks_the_program_does() -> None:
+    assert plex_standin.HOME_LAN_RANGES == HOME_LAN_RANGES
+
+
+def test_a_certificate_under_two_weeks_is_shown_as_a_failing_renewal() -> None:
+    now = datetime.datetime(2027, 3, 1, tzinfo=datetime.UTC)
+    written = json.dumps({"notAfter": "2027-03-11T12:00:00Z", "daysLeft": 10, "checkedAt": "2027-03-01T00:00:00Z"})
+    state: Any = status.CERTIFICATE_CHECK.parse(written, 0, status.StatusOptions(now=now))
+    assert state.days_left == 10
+    assert "renewal is failing" in status.CERTIFICATE_CHECK.show(state)
+    assert status.CERTIFICATE_CHECK.to_json(state) == {"notAfter": "2027-03-11T12:00:00Z", "daysLeft": 10}
+    with pytest.raises(status.CheckFailedError, match="cannot be read"):
+        status.CERTIFICATE_CHECK.parse(
+            json.dumps({"error": "cannot read x", "checkedAt": "x"}), 0, status.StatusOptions(now=now)
+        )
+    with pytest.raises(status.CheckFailedError, match="no certificate check yet"):
+        status.CERTIFICATE_CHECK.parse(
+            "cat: certificate.json: No such file or directory", 1, status.StatusOptions(now=now)
+        )

@@ -3,6 +3,7 @@ with Plex-shaped traffic pushed through them."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -264,6 +265,24 @@ def _until_health(lab: relay.RelayLab, pop: str, status: int) -> tuple[int, str,
         time.sleep(1)
         answer = _health(lab, pop)
     return answer
+
+
+def test_a_certificate_under_two_weeks_turns_its_pop_unhealthy_until_it_is_renewed(lab: relay.RelayLab) -> None:
+    """Issue #22, part 5: a renewal that keeps failing shows in DNS before the certificate expires."""
+    pop, config = lab.viewer_pop, lab.config
+    letsencrypt = lab.pop_dir(pop) / "etc" / "letsencrypt"
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10)
+    try:
+        lab.ca.issue(config.certificate_names(pop), letsencrypt, config.pop_name(pop), not_after=soon)
+        checked = lab.check_certificate(pop)
+        assert checked.returncode == 0 and "renewal is failing" in checked.stderr, checked.stderr
+        assert _health(lab, pop)[0] == 503, "the expiring certificate answers before the chain is asked"
+        assert _until_health(lab, "us", 200)[0] == 200, "the other POP's certificate is good"
+    finally:
+        lab.ca.issue(config.certificate_names(pop), letsencrypt, config.pop_name(pop))
+        renewed = lab.check_certificate(pop)
+    assert renewed.returncode == 0 and renewed.stderr == "", renewed.stderr
+    assert _until_health(lab, pop, 200)[0] == 200
 
 
 HEALTH_HEADERS_AT_PLEX = {

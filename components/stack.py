@@ -11,7 +11,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.certbot_user import CertbotUser, CertbotUserArgs
-from components.edge_pop import EdgePop, EdgePopArgs
+from components.edge_pop import EdgePop, EdgePopArgs, PopRender
 from components.latency_dns import LatencyDns, LatencyDnsArgs
 from components.library_peer import LibraryPeer, LibraryPeerArgs
 from components.library_swarm import LibrarySwarm, LibrarySwarmArgs
@@ -139,16 +139,12 @@ def build_stack(
         upstream = pops[place.pop.upstream] if place.role == "edge" else None
         pop = EdgePop(
             name,
-            EdgePopArgs(
-                config=config,
-                pop=name,
+            _edge_pop_args(
+                config,
+                place,
+                keys=keys,
+                certbot=certbot,
                 access=access,
-                certbot_access_key_id=certbot.access_key_id,
-                certbot_secret_access_key=certbot.secret_access_key,
-                peer_ca=keys.peer_ca,
-                client_ca=keys.client_cas.get(name),
-                downstream_client_ca_pems=tuple(keys.client_cas[pop].cert_pem for pop in place.downstream),
-                origin_ca=keys.origin_ca,
                 upstream_address=upstream.ipv4 if upstream is not None else None,
                 build_dir=build_dir,
             ),
@@ -204,6 +200,64 @@ def build_stack(
         transcode=transcode,
         library=library,
         plex=plex,
+    )
+
+
+def _pop_render(config: StackConfig, pop: str) -> PopRender:
+    """The POP's texts from the stack's config; the upstream POP's address names it in the nginx config."""
+    upstream = config.pop(pop).upstream
+
+    def release(address: str, certificates: render.PeerCertificates) -> render.PopRelease:
+        return render.pop_release(config, pop, addresses={upstream: address} if address else None, peer=certificates)
+
+    return PopRender(
+        cloud_init=lambda identity: render.cloud_init(config, pop, identity),
+        release=release,
+        deploy_script=lambda built: render.deploy_nginx_script(config, pop, built),
+        install_credentials_script=lambda key_id: render.install_credentials_script(config, pop, key_id),
+        wait_for_first_boot_script=render.wait_for_first_boot_script(config, pop),
+    )
+
+
+def _edge_pop_args(
+    config: StackConfig,
+    place: topology.PopPlace,
+    *,
+    keys: StackKeys,
+    certbot: CertbotUser,
+    access: VmAccess,
+    upstream_address: pulumi.Output[str] | None,
+    build_dir: Path,
+) -> EdgePopArgs:
+    pop = place.pop
+    upstream = render.upstream_of(config, pop.name, render.placeholder_addresses(config))
+    return EdgePopArgs(
+        pop=pop.name,
+        host_name=config.pop_name(pop.name),
+        role=place.role,
+        provider=pop.provider,
+        region=pop.region,
+        size=pop.size,
+        label=f"plex-cdn-{config.stack}-{pop.name}",
+        tags=("plex-cdn", f"plex-cdn-{config.stack}", f"plex-cdn-{place.role}"),
+        admin_ssh_sources=tuple(config.admin.ssh_sources),
+        hub_wireguard_port=config.origin.wireguard_port
+        if place.role == "hub" and config.origin.link == "wireguard"
+        else None,
+        downstream=place.downstream,
+        upstream_client_cert_file=upstream.client_cert_file,
+        upstream_client_key_file=upstream.client_key_file,
+        secret_files=render.secret_files(config, pop.name),
+        texts=_pop_render(config, pop.name),
+        access=access,
+        certbot_access_key_id=certbot.access_key_id,
+        certbot_secret_access_key=certbot.secret_access_key,
+        peer_ca=keys.peer_ca,
+        client_ca=keys.client_cas.get(pop.name),
+        downstream_client_ca_pems=tuple(keys.client_cas[name].cert_pem for name in place.downstream),
+        origin_ca=keys.origin_ca,
+        upstream_address=upstream_address,
+        release_dir=build_dir / pop.name,
     )
 
 

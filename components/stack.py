@@ -15,7 +15,7 @@ from components.edge_pop import EdgePop, EdgePopArgs, PopRender
 from components.latency_dns import LatencyDns, LatencyDnsArgs
 from components.library_peer import LibraryPeer, LibraryPeerArgs
 from components.library_swarm import LibrarySwarm, LibrarySwarmArgs
-from components.origin_link import Hub, OriginLink, OriginLinkArgs
+from components.origin_link import AgentInstall, Hub, OriginLink, OriginLinkArgs, WireguardTunnel
 from components.plex_settings import PlexSettings, PlexSettingsArgs
 from components.stack_keys import StackKeys, StackKeysArgs
 from components.transcode import TranscodeSlave, TranscodeSlaveArgs
@@ -166,19 +166,17 @@ def build_stack(
         )
         outputs[name] = PopOutputs(config.pop_name(name), place.role, pop.ipv4, pop.ipv6, pop.host_key)
 
+    hubs = topology.hubs(config)
     link = OriginLink(
         "origin",
         OriginLinkArgs(
-            config=config,
             hubs=[
                 Hub(hub.name, pops[hub.name].ipv4, pops[hub.name].ipv6, pops[hub.name].connection, pops[hub.name].ready)
-                for hub in topology.hubs(config)
+                for hub in hubs
             ],
-            agent_certificate=keys.agent_certificate,
-            hub_client_ca_pems=tuple(keys.client_cas[hub.name].cert_pem for hub in topology.hubs(config))
-            if config.origin.agent is not None
-            else (),
-            origin_ssh_key=home_ssh_key,
+            custom_access_url=config.plex_custom_access_url,
+            tunnel=_wireguard_tunnel(config, hubs[0].name) if config.origin.link == "wireguard" else None,
+            agent=_agent_install(config, keys, home_ssh_key) if config.origin.agent is not None else None,
         ),
     )
     transcode = (
@@ -200,6 +198,31 @@ def build_stack(
         transcode=transcode,
         library=library,
         plex=plex,
+    )
+
+
+def _wireguard_tunnel(config: StackConfig, hub: str) -> WireguardTunnel:
+    return WireguardTunnel(
+        hub_tunnel_address=str(config.origin.hub_tunnel_address),
+        hub_conf=lambda keys: render.wireguard_hub_conf(config, hub, keys),
+        home_conf=lambda keys: render.wireguard_home_conf(config, hub, keys),
+    )
+
+
+def _agent_install(config: StackConfig, keys: StackKeys, home_ssh_key: pulumi.Output[str] | None) -> AgentInstall:
+    settings = agent.require_agent(config)
+    if keys.agent_certificate is None or home_ssh_key is None:
+        raise ValueError("an origin agent needs its certificate and the SSH key of the Plex host")
+    return AgentInstall(
+        certificate=keys.agent_certificate,
+        hub_client_ca_pems=tuple(keys.client_cas[hub.name].cert_pem for hub in topology.hubs(config)),
+        ssh_host=settings.ssh_host,
+        ssh_port=settings.ssh_port,
+        ssh_user=settings.ssh_user,
+        ssh_host_key=settings.ssh_host_key,
+        ssh_private_key=home_ssh_key,
+        install_script=lambda certificates, addresses: agent.install_script(config, certificates, addresses),
+        firewall_rules=lambda addresses: agent.firewall_rules(config, addresses),
     )
 
 

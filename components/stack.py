@@ -11,6 +11,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.certbot_user import CertbotUser, CertbotUserArgs
+from components.connections import to_existing_host
 from components.edge_pop import EdgePop, EdgePopArgs, PopRender
 from components.latency_dns import LatencyDns, LatencyDnsArgs
 from components.library_peer import LibraryPeer, LibraryPeerArgs
@@ -303,15 +304,32 @@ def _build_plex_settings(
         *(pulumi.Output.all(name, address) for name, pop in pops.items() for address in (pop.ipv4, pop.ipv6))
     ).apply(lambda pairs: [(str(pair[0]), str(pair[1])) for pair in pairs])
     hub = pops[topology.hubs(config)[0].name]
+    host = plex_settings.managed_host(config)
+    if applied_by == "plex-host" and host is not None and home_ssh_key is not None:
+        endpoint = plex_settings.local_endpoint(config)
+        connection = to_existing_host(host.host, host.port, host.user, home_ssh_key, host.host_key)
+        user, token = host.user, None
+    else:
+        hub_endpoint = plex_settings.hub_endpoint(config)
+        if hub_endpoint is None or plex_token is None:
+            raise ValueError(
+                "Plex's settings need the managed Plex host and its SSH key, or a hub reaching Plex over a "
+                "verified hop and the server's token"
+            )
+        endpoint, connection, user, token = hub_endpoint, hub.connection, "root", plex_token
+    from_stdin = token is not None
     component = PlexSettings(
         "plex-settings",
         PlexSettingsArgs(
-            config=config,
+            connection=connection,
+            user=user,
+            apply_script=lambda pairs: plex_settings.apply_script(
+                config, endpoint, plex_settings.cdn_sources(config, pairs), from_stdin
+            ),
+            restore_script=plex_settings.restore_script(config, endpoint, from_stdin),
             pop_addresses=addresses,
             serving=[pop.ready for pop in pops.values()],
-            plex_host_ssh_key=home_ssh_key if applied_by == "plex-host" else None,
-            hub_connection=hub.connection if applied_by == "hub" else None,
-            plex_token=plex_token if applied_by == "hub" else None,
+            plex_token=token,
         ),
         opts=pulumi.ResourceOptions(depends_on=[link]),
     )

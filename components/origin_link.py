@@ -11,7 +11,6 @@ import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
-from components.connections import to_existing_host
 from components.outputs import secret
 from components.pki import IssuedCertificate
 from plexcdn import agent, render, wireguard
@@ -38,15 +37,11 @@ class WireguardTunnel:
 
 @dataclass(frozen=True)
 class AgentInstall:
-    """The plex-cdn agent on the Plex host, installed over SSH with plex-cdn:homeSshKey."""
+    """The plex-cdn agent on the Plex host."""
 
     certificate: IssuedCertificate  # the agent's server certificate
     hub_client_ca_pems: tuple[pulumi.Output[str], ...]  # one per hub: the agent accepts a certificate from those alone
-    ssh_host: str
-    ssh_port: int
-    ssh_user: str
-    ssh_host_key: str
-    ssh_private_key: pulumi.Output[str]
+    connection: command.remote.ConnectionArgs  # to the Plex host, with plex-cdn:homeSshKey
     # Given the certificates and the hubs' addresses, which are all the agent's firewall admits.
     install_script: Callable[[agent.AgentCertificates, Sequence[str]], str]
     firewall_rules: Callable[[Sequence[str]], str]
@@ -129,13 +124,7 @@ class OriginLink(pulumi.ComponentResource):
         )
         command.remote.Command(
             f"{name}-agent",
-            connection=to_existing_host(
-                origin_agent.ssh_host,
-                origin_agent.ssh_port,
-                origin_agent.ssh_user,
-                origin_agent.ssh_private_key,
-                origin_agent.ssh_host_key,
-            ),
+            connection=origin_agent.connection,
             create=install,
             delete=agent.uninstall_script(),
             stdin=origin_agent.certificate.private_key_pem,

@@ -217,11 +217,9 @@ def _agent_install(config: StackConfig, keys: StackKeys, home_ssh_key: pulumi.Ou
     return AgentInstall(
         certificate=keys.agent_certificate,
         hub_client_ca_pems=tuple(keys.client_cas[hub.name].cert_pem for hub in topology.hubs(config)),
-        ssh_host=settings.ssh_host,
-        ssh_port=settings.ssh_port,
-        ssh_user=settings.ssh_user,
-        ssh_host_key=settings.ssh_host_key,
-        ssh_private_key=home_ssh_key,
+        connection=to_existing_host(
+            settings.ssh_host, settings.ssh_port, settings.ssh_user, home_ssh_key, settings.ssh_host_key
+        ),
         install_script=lambda certificates, addresses: agent.install_script(config, certificates, addresses),
         firewall_rules=lambda addresses: agent.firewall_rules(config, addresses),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pulumi
@@ -19,13 +20,14 @@ from components.library_swarm import LibrarySwarm, LibrarySwarmArgs
 from components.origin_link import AgentInstall, Hub, OriginLink, OriginLinkArgs, WireguardTunnel
 from components.plex_settings import PlexSettings, PlexSettingsArgs
 from components.stack_keys import StackKeys, StackKeysArgs
-from components.transcode import TranscodeSlave, TranscodeSlaveArgs
+from components.transcode import CloudSlaveVm, HostSlave, TranscodeSlave, TranscodeSlaveArgs
 from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
 from components.vm import VmAccess
 from plexcdn import agent, plex_settings, render, topology
-from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, needs_home_ssh_key
+from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, TranscodeSlaveConfig, needs_home_ssh_key
 from plexcdn.cost import estimate
 from plexcdn.library.render import Member
+from plexcdn.transcode import render as transcode_render
 
 
 @dataclass(frozen=True)
@@ -353,10 +355,10 @@ def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Outp
         TranscodeSlave(
             f"transcode-{slave.name}",
             TranscodeSlaveArgs(
-                config=config,
                 slave=slave.name,
-                ssh_private_key=ssh_key,
-                access=access,
+                address=config.transcode.slave_address(slave.name),
+                machine=_slave_machine(config, slave, access, ssh_key),
+                setup_script=partial(transcode_render.slave_setup_script, config, slave.name),
                 dispatch_public_key=dispatch_public_key,
                 origin_wireguard_public_key=origin_wireguard_key,
                 origin_ready=origin_ready,
@@ -380,6 +382,29 @@ def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Outp
         },
         dispatch_public_key=origin.dispatch_public_key,
         monthly_cost_usd=config.transcode.cloud_monthly_usd,
+    )
+
+
+def _slave_machine(
+    config: StackConfig, slave: TranscodeSlaveConfig, access: VmAccess, ssh_key: pulumi.Output[str]
+) -> CloudSlaveVm | HostSlave:
+    assert config.transcode is not None
+    if slave.kind == "cloud":
+        return CloudSlaveVm(
+            provider=slave.provider,
+            region=slave.region,
+            size=slave.size,
+            label=f"plex-cdn-{config.stack}-transcode-{slave.name}",
+            tags=("plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-transcode"),
+            admin_ssh_sources=tuple(config.admin.ssh_sources),
+            wireguard_port=config.transcode.wireguard_port,
+            cloud_init=partial(transcode_render.slave_cloud_init, config, slave.name),
+            access=access,
+        )
+    return HostSlave(
+        connection=to_existing_host(slave.host, slave.port, slave.user, ssh_key, slave.host_key),
+        user=slave.user,
+        teardown_script=transcode_render.slave_teardown_script(config, slave.name),
     )
 
 

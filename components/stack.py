@@ -366,9 +366,25 @@ def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Outp
         )
         for slave in config.transcode.slaves
     ]
+    origin_host = config.transcode.origin
     origin = TranscodeOrigin(
         "transcode-origin",
-        TranscodeOriginArgs(config=config, ssh_private_key=ssh_key, slaves=[slave.endpoint for slave in slaves]),
+        TranscodeOriginArgs(
+            connection=to_existing_host(
+                origin_host.host, origin_host.port, origin_host.user, ssh_key, origin_host.host_key
+            ),
+            user=origin_host.user,
+            slaves=[slave.endpoint for slave in slaves],
+            cloud_slaves=tuple(slave.name for slave in config.transcode.cloud_slaves),
+            dispatch_key_comment=transcode_render.dispatch_key_comment(config.stack),
+            plex_uid=config.transcode.plex_uid,
+            plex_gid=config.transcode.plex_gid,
+            share_script=partial(transcode_render.origin_share_script, config),
+            share_teardown_script=transcode_render.origin_share_teardown_script(config),
+            dispatcher_script=partial(transcode_render.origin_dispatcher_script, config),
+            dispatcher_teardown_script=transcode_render.origin_dispatcher_teardown_script(config),
+            exports=transcode_render.exports_file(config),
+        ),
     )
     resolve_dispatch_key(origin.dispatch_public_key)
     resolve_wireguard_key(origin.wireguard_public_key)

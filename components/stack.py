@@ -3,10 +3,11 @@ DNS, the origin link in an order where each POP's upstream exists before it, and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -15,7 +16,7 @@ from components.certbot_user import CertbotUser, CertbotUserArgs
 from components.connections import to_existing_host
 from components.edge_pop import EdgePop, EdgePopArgs, PopRender
 from components.latency_dns import LatencyDns, LatencyDnsArgs
-from components.library_peer import LibraryPeer, LibraryPeerArgs
+from components.library_peer import CloudPeerVm, HostPeer, LibraryPeer, LibraryPeerArgs
 from components.library_swarm import LibrarySwarm, LibrarySwarmArgs
 from components.origin_link import AgentInstall, Hub, OriginLink, OriginLinkArgs, WireguardTunnel
 from components.plex_settings import PlexSettings, PlexSettingsArgs
@@ -24,8 +25,16 @@ from components.transcode import CloudSlaveVm, HostSlave, TranscodeSlave, Transc
 from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
 from components.vm import VmAccess
 from plexcdn import agent, plex_settings, render, topology
-from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, TranscodeSlaveConfig, needs_home_ssh_key
+from plexcdn.config import (
+    HOME_SSH_KEY,
+    NAMESPACE,
+    LibraryPeerConfig,
+    StackConfig,
+    TranscodeSlaveConfig,
+    needs_home_ssh_key,
+)
 from plexcdn.cost import estimate
+from plexcdn.library import render as library_render
 from plexcdn.library.render import Member
 from plexcdn.transcode import render as transcode_render
 
@@ -438,14 +447,18 @@ def _build_library(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output
         peer.name: LibraryPeer(
             f"library-{peer.name}",
             LibraryPeerArgs(
-                config=config,
                 peer=peer.name,
+                role=peer.role,
+                machine=_library_machine(config, peer, access, ssh_key),
+                kubo_config=partial(library_render.kubo_config, config, peer.name),
+                install_script=_library_install_script(config, peer.name, peer.kind == "cloud"),
+                library_paths={seeder.name: peer.library_path(seeder.name) for seeder in library.seeders}
+                if peer.role == "viewer"
+                else None,
                 swarm_key_file=swarm.swarm_key_file,
                 keys=swarm.peers[peer.name],
                 members=members,
                 seeder_ipns_names=seeder_names,
-                ssh_private_key=ssh_key,
-                access=access,
             ),
         )
         for peer in library.peers
@@ -465,4 +478,38 @@ def _build_library(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output
             for name, peer in peers.items()
         },
         monthly_cost_usd=library.cloud_monthly_usd,
+    )
+
+
+def _library_machine(
+    config: StackConfig, peer: LibraryPeerConfig, access: VmAccess, ssh_key: pulumi.Output[str] | None
+) -> CloudPeerVm | HostPeer:
+    assert config.library is not None
+    if peer.kind == "cloud":
+        return CloudPeerVm(
+            provider=peer.provider,
+            region=peer.region,
+            size=peer.size,
+            label=f"plex-cdn-{config.stack}-library-{peer.name}",
+            tags=("plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-library"),
+            admin_ssh_sources=tuple(config.admin.ssh_sources),
+            swarm_port=config.library.swarm_port,
+            cloud_init=partial(library_render.cloud_init, config, peer.name),
+            access=access,
+        )
+    if ssh_key is None:
+        raise ValueError(f"library peer {peer.name} is kind host: it needs plex-cdn:homeSshKey")
+    return HostPeer(
+        connection=to_existing_host(peer.host, peer.port, peer.user, ssh_key, peer.host_key),
+        address=peer.host,
+        swarm_cidrs=peer.swarm_cidrs,
+        uninstall_script=library_render.uninstall_script(config, peer.name),
+    )
+
+
+def _library_install_script(
+    config: StackConfig, peer: str, cloud: bool
+) -> Callable[[Mapping[str, Any], Sequence[Member], Mapping[str, str]], str]:
+    return lambda document, members, seeders: library_render.install_script(
+        config, peer, document=document, members=members, seeder_names=seeders, cloud=cloud
     )

@@ -438,7 +438,12 @@ def _build_library(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output
     peer has only once its VM exists: a deferred output carries the list to every peer."""
     assert config.library is not None
     library = config.library
-    swarm = LibrarySwarm("library", LibrarySwarmArgs(library=library))
+    swarm = LibrarySwarm(
+        "library",
+        LibrarySwarmArgs(
+            peers=tuple(peer.name for peer in library.peers), seeders=tuple(seeder.name for seeder in library.seeders)
+        ),
+    )
     members: pulumi.Output[Sequence[Member]]
     resolve_members: Callable[[pulumi.Output[Sequence[Member]]], None]
     members, resolve_members = pulumi.deferred_output()

@@ -1,5 +1,7 @@
 """Wires the components of one stack into a single graph: keys, the certbot user, every POP with its
-DNS, the origin link in an order where each POP's upstream exists before it, and transcode offload."""
+DNS, the origin link in an order where each POP's upstream exists before it, and transcode offload.
+
+The stack's config is read here alone: each component gets the values and rendered texts its args name."""
 
 from __future__ import annotations
 
@@ -216,8 +218,8 @@ def build_stack(
 def _wireguard_tunnel(config: StackConfig, hub: str) -> WireguardTunnel:
     return WireguardTunnel(
         hub_tunnel_address=str(config.origin.hub_tunnel_address),
-        hub_conf=lambda keys: render.wireguard_hub_conf(config, hub, keys),
-        home_conf=lambda keys: render.wireguard_home_conf(config, hub, keys),
+        hub_conf=partial(render.wireguard_hub_conf, config, hub),
+        home_conf=partial(render.wireguard_home_conf, config, hub),
     )
 
 
@@ -231,8 +233,8 @@ def _agent_install(config: StackConfig, keys: StackKeys, home_ssh_key: pulumi.Ou
         connection=to_existing_host(
             settings.ssh_host, settings.ssh_port, settings.ssh_user, home_ssh_key, settings.ssh_host_key
         ),
-        install_script=lambda certificates, addresses: agent.install_script(config, certificates, addresses),
-        firewall_rules=lambda addresses: agent.firewall_rules(config, addresses),
+        install_script=partial(agent.install_script, config),
+        firewall_rules=partial(agent.firewall_rules, config),
     )
 
 
@@ -244,10 +246,10 @@ def _pop_render(config: StackConfig, pop: str) -> PopRender:
         return render.pop_release(config, pop, addresses={upstream: address} if address else None, peer=certificates)
 
     return PopRender(
-        cloud_init=lambda identity: render.cloud_init(config, pop, identity),
+        cloud_init=partial(render.cloud_init, config, pop),
         release=release,
-        deploy_script=lambda built: render.deploy_nginx_script(config, pop, built),
-        install_credentials_script=lambda key_id: render.install_credentials_script(config, pop, key_id),
+        deploy_script=partial(render.deploy_nginx_script, config, pop),
+        install_credentials_script=partial(render.install_credentials_script, config, pop),
         wait_for_first_boot_script=render.wait_for_first_boot_script(config, pop),
     )
 

@@ -100,12 +100,18 @@ class RelayLab:
 
     def check_certificate(self, pop: str) -> subprocess.CompletedProcess[str]:
         """The POP's certificate check as its hourly timer runs it (the unit's own arguments, on the lab's files)."""
-        units = render.certificate_check_units(self.config, pop, str(self.pop_dir(pop)))
+        units = render.pop_units(self.config, pop, str(self.pop_dir(pop)))
         service = units[render.CERTIFICATE_CHECK_UNITS[0]]
         command = next(line for line in service.splitlines() if line.startswith("ExecStart=")).split()
         program = PROJECT_ROOT / "plexcdn" / "certificate_check.py"
         argv = [sys.executable, "-I", str(program), *command[1:]]
         return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+
+    def warm_chain(self, pop: str) -> subprocess.CompletedProcess[str]:
+        """What plexcdn-warm-chain runs once nginx starts: the unit's own command, in the POP's namespace."""
+        service = render.pop_units(self.config, pop, str(self.pop_dir(pop)))[render.WARM_CHAIN_UNIT]
+        command = next(line for line in service.splitlines() if line.startswith("ExecStart=")).split("=", 1)[1]
+        return self.lab.run(pop, command.removeprefix("-").split(), check=False)
 
     def render_pop(self, pop: str, config: StackConfig | None = None) -> None:
         """(Re)write a POP's nginx files from `config` (default: the lab's), as the deploy would."""

@@ -377,6 +377,10 @@ def use_scenario(bench: Bench, scenario: str) -> dict[str, Any]:
     set_fq(bench, ({*bench.pops(), ORIGIN} if with_agent else set(bench.pops())) if scenario != "seed" else set())
     for pop in bench.pops():
         restart_nginx(bench, pop)
+    if scenario != "seed":
+        # What plexcdn-warm-chain does on a POP once nginx starts; the naive relay has nothing like it.
+        for pop in bench.pops():
+            bench.relay.warm_chain(pop)
     return {
         role: {
             "tcp_congestion_control": wan.congestion_control(bench.lab, role),

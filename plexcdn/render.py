@@ -65,6 +65,10 @@ ORIGIN_RESOLVER_PROGRAM: Final = "plexcdn-origin-resolve"
 ORIGIN_RESOLVER_UNITS: Final = ("plexcdn-origin-resolve.service", "plexcdn-origin-resolve.timer")
 CERTIFICATE_CHECK_PROGRAM: Final = "plexcdn-certificate-check"
 CERTIFICATE_CHECK_UNITS: Final = ("plexcdn-certificate-check.service", "plexcdn-certificate-check.timer")
+WARM_CHAIN_UNIT: Final = "plexcdn-warm-chain.service"
+WARM_PATH: Final = "/plexcdn/warm"
+WARM_TIMEOUT_SECONDS: Final = 15
+POP_UNITS: Final = (*CERTIFICATE_CHECK_UNITS, WARM_CHAIN_UNIT)
 # What plexcdn-certificate-check keeps there: the state `status` reads, and the file that fails the health check.
 CERTIFICATE_STATE_DIR: Final = "/var/lib/plex-cdn"
 FIRST_BOOT_PATH: Final = "/usr/local/sbin/plexcdn-first-boot"
@@ -462,7 +466,9 @@ def origin_resolver_units(config: StackConfig, pop_name: str, prefix: str = "") 
     return {unit: render_template(f"hub/{unit}.j2", **context) for unit in ORIGIN_RESOLVER_UNITS}
 
 
-def certificate_check_units(config: StackConfig, pop_name: str, prefix: str = "") -> dict[str, str]:
+def pop_units(config: StackConfig, pop_name: str, prefix: str = "") -> dict[str, str]:
+    """The units every POP runs besides nginx: the hourly certificate check, and the chain's warm-up after nginx
+    starts."""
     prefix = prefix.rstrip("/")
     context = {
         "program": f"/usr/local/sbin/{CERTIFICATE_CHECK_PROGRAM}",
@@ -470,7 +476,11 @@ def certificate_check_units(config: StackConfig, pop_name: str, prefix: str = ""
         "state_dir": f"{prefix}{CERTIFICATE_STATE_DIR}",
         "warn_days": certificate_check.DEFAULT_WARN_DAYS,
     }
-    return {unit: render_template(f"certificate/{unit}.j2", **context) for unit in CERTIFICATE_CHECK_UNITS}
+    units = {unit: render_template(f"pop/{unit}.j2", **context) for unit in CERTIFICATE_CHECK_UNITS}
+    units[WARM_CHAIN_UNIT] = render_template(
+        f"pop/{WARM_CHAIN_UNIT}.j2", url=f"http://127.0.0.1{WARM_PATH}", timeout_seconds=WARM_TIMEOUT_SECONDS
+    )
+    return units
 
 
 def pop_release(
@@ -481,7 +491,7 @@ def pop_release(
 ) -> PopRelease:
     nginx = nginx_files(config, pop_name, addresses=addresses, peer=peer)
     resolver_units = origin_resolver_units(config, pop_name)
-    units = certificate_check_units(config, pop_name) | resolver_units
+    units = pop_units(config, pop_name) | resolver_units
     programs = {CERTIFICATE_CHECK_PROGRAM: (PROJECT_ROOT / "plexcdn" / "certificate_check.py").read_text()}
     if resolver_units:
         programs[ORIGIN_RESOLVER_PROGRAM] = (PROJECT_ROOT / "plexcdn" / "origin_resolver.py").read_text()
@@ -533,6 +543,7 @@ def deploy_nginx_script(config: StackConfig, pop_name: str, release: PopRelease)
         programs=sorted(release.programs),
         units=sorted(release.units),
         timers=[unit for unit in sorted(release.units) if unit.endswith(".timer")],
+        warmers=[WARM_CHAIN_UNIT] if WARM_CHAIN_UNIT in release.units else [],
         resolver=(
             f"/usr/local/sbin/{ORIGIN_RESOLVER_PROGRAM} --host {resolved[0]} --port {resolved[1]} "
             f"--servers-file /etc/nginx/{ORIGIN_SERVERS_FILE}"
@@ -716,7 +727,7 @@ def render_stack(
             write(pop_dir / ORIGIN_SERVERS_FILE, origin_resolver.servers_conf(resolved[0], resolved[1], []))
             for unit, text in origin_resolver_units(config, name, prefix).items():
                 write(pop_dir / "systemd" / unit, text)
-        for unit, text in certificate_check_units(config, name, prefix).items():
+        for unit, text in pop_units(config, name, prefix).items():
             write(pop_dir / "systemd" / unit, text)
         write(pop_dir / "cloud-init.yaml", cloud_init(config, name))
         if config.origin.link == "wireguard" and place.role == "hub":

@@ -169,8 +169,9 @@ def test_every_client_address_header_is_replaced_or_emptied_at_every_hop(label: 
 def test_the_health_check_sends_a_fixed_get_and_answers_with_a_status_only() -> None:
     files = render.nginx_files(config_from(example_values()), "asia")
     health = files["plexcdn-health.conf"]
+    chain = files["nginx.conf"].split("location = /plexcdn/health-chain {")[1].split("}")[0]
+    assert chain.split() == ["internal;", "include", "plexcdn-health.conf;"], "only the health check asks it"
     for line in (
-        "internal;",
         "proxy_method GET;",
         "proxy_pass_request_headers off;",
         "proxy_pass_request_body off;",

@@ -59,10 +59,10 @@ def test_every_pop_script_passes_shellcheck_as_posix_sh(values: object, tmp_path
         assert subprocess.run(["sh", "-n", path], check=False).returncode == 0, path
 
 
-def test_the_hubs_resolver_and_certificate_check_units_pass_systemd_analyze(tmp_path: Path) -> None:
+def test_the_hubs_resolver_certificate_check_and_warm_up_units_pass_systemd_analyze(tmp_path: Path) -> None:
     config = config_from(example_values())
     release = render.pop_release(config, "us")
-    assert set(release.units) == set(render.ORIGIN_RESOLVER_UNITS) | set(render.CERTIFICATE_CHECK_UNITS)
+    assert set(release.units) == set(render.ORIGIN_RESOLVER_UNITS) | set(render.POP_UNITS)
     assert set(release.programs) == {render.ORIGIN_RESOLVER_PROGRAM, render.CERTIFICATE_CHECK_PROGRAM}
     for name, text in release.programs.items():
         program = tmp_path / "usr" / "local" / "sbin" / name
@@ -82,7 +82,7 @@ def test_the_hubs_resolver_and_certificate_check_units_pass_systemd_analyze(tmp_
 
 def test_only_a_hub_that_reaches_the_origin_by_name_gets_the_resolver() -> None:
     config = config_from(example_values())
-    every_pops = set(render.CERTIFICATE_CHECK_UNITS)
+    every_pops = set(render.POP_UNITS)
     assert set(render.pop_release(config, "asia").units) == every_pops
     by_address = example_values()
     by_address["origin"]["host"] = "203.0.114.50"
@@ -103,6 +103,19 @@ def test_every_pop_checks_its_own_certificate_every_hour() -> None:
         assert "OnUnitActiveSec=1h" in release.units["plexcdn-certificate-check.timer"]
         script = render.deploy_nginx_script(config, pop, release)
         assert "systemctl enable --now plexcdn-certificate-check.timer" in script
+
+
+def test_every_pop_warms_its_chain_when_nginx_starts_and_after_each_deploy() -> None:
+    config = config_from(example_values())
+    for pop in ("us", "asia"):
+        release = render.pop_release(config, pop)
+        unit = release.units[render.WARM_CHAIN_UNIT]
+        assert f"http://127.0.0.1{render.WARM_PATH}" in unit and "WantedBy=nginx.service" in unit
+        script = render.deploy_nginx_script(config, pop, release)
+        live = script.index("now serves release")
+        start = script.index(f"systemctl start --no-block {render.WARM_CHAIN_UNIT}")
+        assert script.index('until [ "$(curl') < start < live, "after the new workers serve"
+        assert f"systemctl enable {render.WARM_CHAIN_UNIT}" in script
 
 
 def test_the_release_id_covers_the_resolver_and_is_what_nginx_reports() -> None:

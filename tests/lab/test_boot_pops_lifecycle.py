@@ -52,7 +52,7 @@ HOME_MEDIA_BYTES = 16 * 1024 * 1024
 AGENT_PORT = 32443
 # A paced stream through the edge, long enough to stay open across a deploy of both POPs.
 SLOW_RATE = 32768
-SLOW_SECONDS = 60
+SLOW_SECONDS = 120
 
 
 @dataclass

@@ -25,6 +25,7 @@ from labs import relay_lab as relay
 from labs import tls_scan
 from labs.lab_ca import LabCA
 from labs.netns import existing_namespaces, lab_unavailable_reason
+from labs.wan_bench_report import with_workers_of
 from plexcdn import render, topology
 from plexcdn.config import StackConfig, load_stack_file, parse_config
 from tests.conftest import EXAMPLE_STACK, example_values
@@ -113,6 +114,32 @@ def test_sequential_requests_share_one_connection_from_edge_to_hub(lab: relay.Re
     connections = {re.search(r" conn=(\d+) ", line).group(1) for line in hub_lines}  # type: ignore[union-attr]
     assert len(hub_lines) == 12
     assert len(connections) == 1, f"the edge opened {len(connections)} connections to the hub"
+
+
+def test_a_restarted_edge_opens_its_connection_to_the_hub_before_the_first_viewer(lab: relay.RelayLab) -> None:
+    """Issue #22, part 2: nginx's new workers hold no connection up the chain; the warm-up the edge runs after
+    a (re)start opens it, and the first viewer's request rides it instead of paying the handshakes."""
+    edge = lab.viewer_pop
+    # As many workers as the POP has vCPUs (`auto` there), not as this machine has: each worker keeps a pool of
+    # its own, and the warm-up opens a connection in the one that answers it.
+    conf = lab.conf(edge)
+    conf.write_text(with_workers_of(conf.read_text(), lab.config.pop(edge).size_info.vcpus))
+    lab.stop_nginx(edge)
+    lab.start_nginx(edge)
+    try:
+        before = len(access_log(lab, "us"))
+        warmed = lab.warm_chain(edge)
+        assert warmed.returncode == 0, warmed.stderr
+        assert view(lab, "get", "/identity")["status"] == 200
+        hub_lines = access_log(lab, "us")[before:]
+    finally:
+        lab.render_pop(edge)
+        lab.stop_nginx(edge)
+        lab.start_nginx(edge)
+    connections = [re.search(r" conn=(\d+) ", line).group(1) for line in hub_lines]  # type: ignore[union-attr]
+    assert len(hub_lines) == 2, hub_lines
+    assert "plex-cdn health check" in hub_lines[0], "the warm-up asks what the health check asks"
+    assert connections[0] == connections[1], f"the viewer's first request opened a connection of its own: {hub_lines}"
 
 
 def _png(result: dict[str, Any]) -> bool:

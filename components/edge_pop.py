@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pulumi
 import pulumi_command as command
@@ -14,14 +16,40 @@ import pulumi_command as command
 from components.outputs import secret
 from components.pki import CertificateAuthority, IssuedCertificate, issue
 from components.vm import WORLD, FirewallRule, VmAccess, VmSpec, create_vm
-from plexcdn import render, topology
-from plexcdn.config import StackConfig
+from plexcdn import render
+from plexcdn.vm_identity import VmIdentity
+
+
+@dataclass(frozen=True)
+class PopRender:
+    """The POP's texts, rendered from the stack's config by the caller. Those that depend on what exists only
+    once `pulumi up` made it take those values."""
+
+    cloud_init: Callable[[VmIdentity], str]
+    # Given the upstream POP's address ("" at a hub) and the certificates' public halves.
+    release: Callable[[str, render.PeerCertificates], render.PopRelease]
+    deploy_script: Callable[[render.PopRelease], str]
+    install_credentials_script: Callable[[str], str]  # given certbot's access key id
+    wait_for_first_boot_script: str
 
 
 @dataclass(frozen=True)
 class EdgePopArgs:
-    config: StackConfig
-    pop: str
+    pop: str  # its name in the stack file
+    host_name: str  # its public name: what its certificates are issued for
+    role: Literal["hub", "edge"]
+    provider: str
+    region: str
+    size: str
+    label: str  # the VM's name at the provider
+    tags: tuple[str, ...]
+    admin_ssh_sources: tuple[str, ...]
+    hub_wireguard_port: int | None  # a hub's tunnel to the Plex server; None without one
+    downstream: tuple[str, ...]  # the POPs that connect to its peer port
+    upstream_client_cert_file: str  # the certificate it shows upstream; "" where the upstream asks for none
+    upstream_client_key_file: str
+    secret_files: tuple[str, ...]  # the private keys its deploy reads from stdin
+    texts: PopRender
     access: VmAccess
     certbot_access_key_id: pulumi.Output[str]
     certbot_secret_access_key: pulumi.Output[str]
@@ -30,22 +58,21 @@ class EdgePopArgs:
     downstream_client_ca_pems: tuple[pulumi.Output[str], ...]  # the client CAs of the POPs that connect to this one
     origin_ca: CertificateAuthority | None  # with an origin agent: what a hub verifies the agent by
     upstream_address: pulumi.Output[str] | None  # the upstream POP's IPv4; None for a hub
-    build_dir: Path  # where the nginx release is written for CopyToRemote, relative to the project
+    release_dir: Path  # where the nginx release is written for CopyToRemote, relative to the project
 
 
-def firewall_rules(config: StackConfig, pop: str) -> list[FirewallRule]:
+def firewall_rules(args: EdgePopArgs) -> list[FirewallRule]:
     """SSH from the admin's network and admin.deployFrom only; web ports open; the peer port only where POPs connect."""
-    place = topology.place(config, pop)
     rules = [
-        FirewallRule("tcp", 22, list(config.admin.ssh_sources), "ssh-admin"),
+        FirewallRule("tcp", 22, list(args.admin_ssh_sources), "ssh-admin"),
         FirewallRule("tcp", 80, list(WORLD), "http"),
         FirewallRule("tcp", 443, list(WORLD), "https"),
     ]
-    if place.downstream:
+    if args.downstream:
         # Open to all because peers prove themselves with client certificates, not addresses.
         rules.append(FirewallRule("tcp", render.PEER_PORT, list(WORLD), "peer-pops"))
-    if place.role == "hub" and config.origin.link == "wireguard":
-        rules.append(FirewallRule("udp", config.origin.wireguard_port, list(WORLD), "wireguard"))
+    if args.hub_wireguard_port is not None:
+        rules.append(FirewallRule("udp", args.hub_wireguard_port, list(WORLD), "wireguard"))
     return rules
 
 
@@ -58,23 +85,22 @@ class EdgePop(pulumi.ComponentResource):
     ready: pulumi.Resource  # the deploy command: the POP serves its config once it has run
 
     def __init__(self, name: str, args: EdgePopArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        config = args.config
-        place = topology.place(config, args.pop)
-        if (place.role == "edge") != (args.upstream_address is not None):
+        if (args.role == "edge") != (args.upstream_address is not None):
             raise ValueError(f"POP {args.pop}: an upstream address is needed exactly when its upstream is a POP")
         super().__init__("plex-cdn:edge_pop:EdgePop", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        texts = args.texts
 
         vm = create_vm(
             VmSpec(
                 name=name,
-                label=f"plex-cdn-{config.stack}-{args.pop}",
-                provider=place.pop.provider,
-                region=place.pop.region,
-                size=place.pop.size,
-                user_data=lambda identity: render.cloud_init(config, args.pop, identity),
-                firewall_rules=firewall_rules(config, args.pop),
-                tags=["plex-cdn", f"plex-cdn-{config.stack}", f"plex-cdn-{place.role}"],
+                label=args.label,
+                provider=args.provider,
+                region=args.region,
+                size=args.size,
+                user_data=texts.cloud_init,
+                firewall_rules=firewall_rules(args),
+                tags=args.tags,
             ),
             args.access,
             parent=self,
@@ -84,37 +110,36 @@ class EdgePop(pulumi.ComponentResource):
 
         # The one client certificate this POP shows upstream (to its upstream POP, or to the origin agent), and
         # the certificate it shows downstream POPs on the peer port.
-        upstream = render.upstream_of(config, args.pop, render.placeholder_addresses(config))
-        if bool(upstream.client_cert_file) != (args.client_ca is not None):
+        client_cert_file = args.upstream_client_cert_file
+        if bool(client_cert_file) != (args.client_ca is not None):
             raise ValueError(f"POP {args.pop}: a client CA is needed exactly when its upstream asks for a certificate")
-        if len(args.downstream_client_ca_pems) != len(place.downstream):
-            raise ValueError(f"POP {args.pop}: one client CA is needed per downstream POP {list(place.downstream)}")
-        if upstream.client_cert_file == render.ORIGIN_CLIENT_CERT_FILE and args.origin_ca is None:
+        if len(args.downstream_client_ca_pems) != len(args.downstream):
+            raise ValueError(f"POP {args.pop}: one client CA is needed per downstream POP {list(args.downstream)}")
+        if client_cert_file == render.ORIGIN_CLIENT_CERT_FILE and args.origin_ca is None:
             raise ValueError(f"POP {args.pop}: the origin agent needs the stack's origin CA")
         keys: dict[str, pulumi.Output[str]] = {}
         client: IssuedCertificate | None = None
         if args.client_ca is not None:
-            role = "peer-client" if upstream.client_cert_file == render.PEER_CLIENT_CERT_FILE else "origin-client"
-            client = issue(f"{name}-{role}", args.client_ca, config.pop_name(args.pop), parent=self)
-            keys[upstream.client_key_file] = client.private_key_pem
+            role = "peer-client" if client_cert_file == render.PEER_CLIENT_CERT_FILE else "origin-client"
+            client = issue(f"{name}-{role}", args.client_ca, args.host_name, parent=self)
+            keys[args.upstream_client_key_file] = client.private_key_pem
         server: IssuedCertificate | None = None
-        if place.downstream:
+        if args.downstream:
             server = issue(
                 f"{name}-peer-server",
                 args.peer_ca,
-                config.pop_name(args.pop),
-                server_names=[config.pop_name(args.pop)],
+                args.host_name,
+                server_names=[args.host_name],
                 parent=self,
             )
             keys[render.PEER_SERVER_KEY_FILE] = server.private_key_pem
-        if tuple(sorted(keys)) != tuple(sorted(render.secret_files(config, args.pop))):
+        if tuple(sorted(keys)) != tuple(sorted(args.secret_files)):
             raise ValueError(f"POP {args.pop}: its keys {sorted(keys)} are not the ones its deploy reads")
         empty = pulumi.Output.from_input("")
         origin_ca_pem = args.origin_ca.cert_pem if args.origin_ca else empty
 
         def write(values: list[str]) -> tuple[str, str]:
             address, peer_ca_pem, agent_ca_pem, client_cert_pem, server_cert_pem, *downstream_cas = values
-            addresses = {place.pop.upstream: address} if address else None
             certificates = render.PeerCertificates(
                 ca_pem=peer_ca_pem,
                 client_cert_pem=client_cert_pem or render.PLACEHOLDER_PEER_CLIENT_CERT,
@@ -123,9 +148,9 @@ class EdgePop(pulumi.ComponentResource):
                 origin_client_cert_pem=client_cert_pem or render.PLACEHOLDER_ORIGIN_CLIENT_CERT,
                 client_cas_pem="".join(downstream_cas) or render.PLACEHOLDER_PEER_CLIENT_CAS,
             )
-            release = render.pop_release(config, args.pop, addresses=addresses, peer=certificates)
-            release_dir = render.write_release(release, args.build_dir / args.pop)
-            return os.path.relpath(release_dir), render.deploy_nginx_script(config, args.pop, release)
+            release = texts.release(address, certificates)
+            release_dir = render.write_release(release, args.release_dir)
+            return os.path.relpath(release_dir), texts.deploy_script(release)
 
         release = pulumi.Output.all(
             args.upstream_address or empty,
@@ -140,9 +165,7 @@ class EdgePop(pulumi.ComponentResource):
         credentials = command.remote.Command(
             f"{name}-certbot-credentials",
             connection=self.connection,
-            create=args.certbot_access_key_id.apply(
-                lambda key_id: render.install_credentials_script(config, args.pop, key_id)
-            ),
+            create=args.certbot_access_key_id.apply(texts.install_credentials_script),
             stdin=secret(
                 pulumi.Output.all(args.certbot_access_key_id, args.certbot_secret_access_key).apply(
                     lambda pair: render.credentials_file(pair[0], pair[1])
@@ -154,7 +177,7 @@ class EdgePop(pulumi.ComponentResource):
         boot_wait = command.remote.Command(
             f"{name}-boot-wait",
             connection=self.connection,
-            create=render.wait_for_first_boot_script(config, args.pop),
+            create=texts.wait_for_first_boot_script,
             logging=command.remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[credentials]),
         )
@@ -179,7 +202,7 @@ class EdgePop(pulumi.ComponentResource):
                 "ipv6": self.ipv6,
                 "vm_id": self.vm_id,
                 "host_key": self.host_key,
-                "role": place.role,
-                "name": config.pop_name(args.pop),
+                "role": args.role,
+                "name": args.host_name,
             }
         )

@@ -13,13 +13,13 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from components.outputs import secret
-from plexcdn.config import LibraryConfig
 from plexcdn.library import keys
 
 
 @dataclass(frozen=True)
 class LibrarySwarmArgs:
-    library: LibraryConfig
+    peers: tuple[str, ...]  # every peer of the swarm: one identity each
+    seeders: tuple[str, ...]  # those that publish their library under their IPNS name
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class LibrarySwarm(pulumi.ComponentResource):
         swarm_key = random.RandomBytes(f"{name}-swarm-key", length=keys.SWARM_KEY_BYTES, opts=child)
         self.swarm_key_file = secret(swarm_key.hex.apply(keys.swarm_key_file))
         self.peers = {}
-        for peer in args.library.peers:
-            identity = tls.PrivateKey(f"{name}-{peer.name}-identity", algorithm="ED25519", opts=child)
-            self.peers[peer.name] = PeerKeys(
+        for peer in args.peers:
+            identity = tls.PrivateKey(f"{name}-{peer}-identity", algorithm="ED25519", opts=child)
+            self.peers[peer] = PeerKeys(
                 private_key_pem=secret(identity.private_key_pem),
                 peer_id=identity.public_key_pem.apply(keys.peer_id),
                 ipns_name=identity.public_key_pem.apply(keys.ipns_name),
@@ -49,6 +49,6 @@ class LibrarySwarm(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "peer_ids": {peer: peer_keys.peer_id for peer, peer_keys in self.peers.items()},
-                "ipns_names": {seeder.name: self.peers[seeder.name].ipns_name for seeder in args.library.seeders},
+                "ipns_names": {seeder: self.peers[seeder].ipns_name for seeder in args.seeders},
             }
         )

@@ -4,18 +4,16 @@ Plex sees a private address and so trusts X-Forwarded-For."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
-from components.connections import to_existing_host
 from components.outputs import secret
 from components.pki import IssuedCertificate
 from plexcdn import agent, render, wireguard
-from plexcdn.config import StackConfig
 
 
 @dataclass(frozen=True)
@@ -28,14 +26,33 @@ class Hub:
 
 
 @dataclass(frozen=True)
+class WireguardTunnel:
+    """The tunnel from the one hub to the Plex server: Plex sees the hub's tunnel address."""
+
+    hub_tunnel_address: str
+    # Each end's config, given the keys Pulumi generates.
+    hub_conf: Callable[[render.WireguardKeys], str]
+    home_conf: Callable[[render.WireguardKeys], str]
+
+
+@dataclass(frozen=True)
+class AgentInstall:
+    """The plex-cdn agent on the Plex host."""
+
+    certificate: IssuedCertificate  # the agent's server certificate
+    hub_client_ca_pems: tuple[pulumi.Output[str], ...]  # one per hub: the agent accepts a certificate from those alone
+    connection: command.remote.ConnectionArgs  # to the Plex host, with plex-cdn:homeSshKey
+    # Given the certificates and the hubs' addresses, which are all the agent's firewall admits.
+    install_script: Callable[[agent.AgentCertificates, Sequence[str]], str]
+    firewall_rules: Callable[[Sequence[str]], str]
+
+
+@dataclass(frozen=True)
 class OriginLinkArgs:
-    config: StackConfig
     hubs: Sequence[Hub]
-    # With an origin agent: the agent's server certificate, the client CAs of the hubs (the agent accepts a
-    # certificate from those alone), and the SSH key that reaches the Plex host.
-    agent_certificate: IssuedCertificate | None = None
-    hub_client_ca_pems: tuple[pulumi.Output[str], ...] = ()
-    origin_ssh_key: pulumi.Output[str] | None = None
+    custom_access_url: str  # Plex's "Custom server access URLs"
+    tunnel: WireguardTunnel | None = None  # None: the hubs reach Plex at its public address
+    agent: AgentInstall | None = None
 
 
 class OriginLink(pulumi.ComponentResource):
@@ -45,29 +62,26 @@ class OriginLink(pulumi.ComponentResource):
     agent_firewall_rules: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: OriginLinkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        config = args.config
-        if config.origin.link == "wireguard" and len(args.hubs) != 1:
+        if args.tunnel is not None and len(args.hubs) != 1:
             raise ValueError("a WireGuard origin link has exactly one hub")
-        if config.origin.agent is not None and (
-            None in (args.agent_certificate, args.origin_ssh_key) or len(args.hub_client_ca_pems) != len(args.hubs)
-        ):
-            raise ValueError(
-                "an origin agent needs its certificate, each hub's client CA and the SSH key of the Plex host"
-            )
+        if args.tunnel is not None and args.agent is not None:
+            raise ValueError("an origin link goes through a WireGuard tunnel or to the origin agent, not both")
+        if args.agent is not None and len(args.agent.hub_client_ca_pems) != len(args.hubs):
+            raise ValueError("an origin agent needs each hub's client CA")
         super().__init__("plex-cdn:origin_link:OriginLink", name, None, opts)
-        self.custom_access_url = pulumi.Output.from_input(config.plex_custom_access_url)
+        self.custom_access_url = pulumi.Output.from_input(args.custom_access_url)
         self.home_wireguard_config = None
         self.agent_firewall_rules = None
         hub_addresses = pulumi.Output.all(*(a for hub in args.hubs for a in (hub.ipv4, hub.ipv6))).apply(
             lambda addresses: sorted(a for a in addresses if a)
         )
-        if config.origin.link == "wireguard":
-            self.allow_list = pulumi.Output.from_input([str(config.origin.hub_tunnel_address)])
-            self.home_wireguard_config = self._wireguard(name, config, args.hubs[0])
+        if args.tunnel is not None:
+            self.allow_list = pulumi.Output.from_input([args.tunnel.hub_tunnel_address])
+            self.home_wireguard_config = self._wireguard(name, args.tunnel, args.hubs[0])
         else:
             self.allow_list = hub_addresses
-            if config.origin.agent is not None:
-                self.agent_firewall_rules = self._agent(name, config, args, hub_addresses)
+            if args.agent is not None:
+                self.agent_firewall_rules = self._agent(name, args.agent, args.hubs, hub_addresses)
         self.register_outputs(
             {
                 "allow_list": self.allow_list,
@@ -77,7 +91,7 @@ class OriginLink(pulumi.ComponentResource):
             }
         )
 
-    def _wireguard(self, name: str, config: StackConfig, hub: Hub) -> pulumi.Output[str]:
+    def _wireguard(self, name: str, tunnel: WireguardTunnel, hub: Hub) -> pulumi.Output[str]:
         child = pulumi.ResourceOptions(parent=self)
         hub_private = secret(random.RandomBytes(f"{name}-hub-key", length=32, opts=child).base64)
         home_private = secret(random.RandomBytes(f"{name}-home-key", length=32, opts=child).base64)
@@ -89,7 +103,7 @@ class OriginLink(pulumi.ComponentResource):
                 home_public_key=wireguard.public_key(pair[1]),
             )
         )
-        hub_conf = secret(keys.apply(lambda k: render.wireguard_hub_conf(config, hub.name, k)))
+        hub_conf = secret(keys.apply(tunnel.hub_conf))
         command.remote.Command(
             f"{name}-hub-tunnel",
             connection=hub.connection,
@@ -99,26 +113,22 @@ class OriginLink(pulumi.ComponentResource):
             logging=command.remote.Logging.NONE,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[hub.ready]),
         )
-        return secret(keys.apply(lambda k: render.wireguard_home_conf(config, hub.name, k)))
+        return secret(keys.apply(tunnel.home_conf))
 
     def _agent(
-        self, name: str, config: StackConfig, args: OriginLinkArgs, hub_addresses: pulumi.Output[list[str]]
+        self, name: str, origin_agent: AgentInstall, hubs: Sequence[Hub], hub_addresses: pulumi.Output[list[str]]
     ) -> pulumi.Output[str]:
-        settings = agent.require_agent(config)
-        assert args.agent_certificate is not None and args.origin_ssh_key is not None
-        hub_client_cas = pulumi.Output.all(*args.hub_client_ca_pems).apply("".join)
-        install = pulumi.Output.all(args.agent_certificate.cert_pem, hub_client_cas, hub_addresses).apply(
-            lambda values: agent.install_script(config, agent.AgentCertificates(values[0], values[1]), values[2])
+        hub_client_cas = pulumi.Output.all(*origin_agent.hub_client_ca_pems).apply("".join)
+        install = pulumi.Output.all(origin_agent.certificate.cert_pem, hub_client_cas, hub_addresses).apply(
+            lambda values: origin_agent.install_script(agent.AgentCertificates(values[0], values[1]), values[2])
         )
         command.remote.Command(
             f"{name}-agent",
-            connection=to_existing_host(
-                settings.ssh_host, settings.ssh_port, settings.ssh_user, args.origin_ssh_key, settings.ssh_host_key
-            ),
+            connection=origin_agent.connection,
             create=install,
             delete=agent.uninstall_script(),
-            stdin=args.agent_certificate.private_key_pem,
+            stdin=origin_agent.certificate.private_key_pem,
             logging=command.remote.Logging.STDOUT_AND_STDERR,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[hub.ready for hub in args.hubs]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[hub.ready for hub in hubs]),
         )
-        return hub_addresses.apply(lambda addresses: agent.firewall_rules(config, addresses))
+        return hub_addresses.apply(origin_agent.firewall_rules)

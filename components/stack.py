@@ -1,30 +1,44 @@
 """Wires the components of one stack into a single graph: keys, the certbot user, every POP with its
-DNS, the origin link in an order where each POP's upstream exists before it, and transcode offload."""
+DNS, the origin link in an order where each POP's upstream exists before it, and transcode offload.
+
+The stack's config is read here alone: each component gets the values and rendered texts its args name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
 from components.certbot_user import CertbotUser, CertbotUserArgs
-from components.edge_pop import EdgePop, EdgePopArgs
+from components.connections import to_existing_host
+from components.edge_pop import EdgePop, EdgePopArgs, PopRender
 from components.latency_dns import LatencyDns, LatencyDnsArgs
-from components.library_peer import LibraryPeer, LibraryPeerArgs
+from components.library_peer import CloudPeerVm, HostPeer, LibraryPeer, LibraryPeerArgs
 from components.library_swarm import LibrarySwarm, LibrarySwarmArgs
-from components.origin_link import Hub, OriginLink, OriginLinkArgs
+from components.origin_link import AgentInstall, Hub, OriginLink, OriginLinkArgs, WireguardTunnel
 from components.plex_settings import PlexSettings, PlexSettingsArgs
 from components.stack_keys import StackKeys, StackKeysArgs
-from components.transcode import TranscodeSlave, TranscodeSlaveArgs
+from components.transcode import CloudSlaveVm, HostSlave, TranscodeSlave, TranscodeSlaveArgs
 from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
 from components.vm import VmAccess
 from plexcdn import agent, plex_settings, render, topology
-from plexcdn.config import HOME_SSH_KEY, NAMESPACE, StackConfig, needs_home_ssh_key
+from plexcdn.config import (
+    HOME_SSH_KEY,
+    NAMESPACE,
+    LibraryPeerConfig,
+    StackConfig,
+    TranscodeSlaveConfig,
+    needs_home_ssh_key,
+)
 from plexcdn.cost import estimate
+from plexcdn.library import render as library_render
 from plexcdn.library.render import Member
+from plexcdn.transcode import render as transcode_render
 
 
 @dataclass(frozen=True)
@@ -139,16 +153,12 @@ def build_stack(
         upstream = pops[place.pop.upstream] if place.role == "edge" else None
         pop = EdgePop(
             name,
-            EdgePopArgs(
-                config=config,
-                pop=name,
+            _edge_pop_args(
+                config,
+                place,
+                keys=keys,
+                certbot=certbot,
                 access=access,
-                certbot_access_key_id=certbot.access_key_id,
-                certbot_secret_access_key=certbot.secret_access_key,
-                peer_ca=keys.peer_ca,
-                client_ca=keys.client_cas.get(name),
-                downstream_client_ca_pems=tuple(keys.client_cas[pop].cert_pem for pop in place.downstream),
-                origin_ca=keys.origin_ca,
                 upstream_address=upstream.ipv4 if upstream is not None else None,
                 build_dir=build_dir,
             ),
@@ -170,19 +180,17 @@ def build_stack(
         )
         outputs[name] = PopOutputs(config.pop_name(name), place.role, pop.ipv4, pop.ipv6, pop.host_key)
 
+    hubs = topology.hubs(config)
     link = OriginLink(
         "origin",
         OriginLinkArgs(
-            config=config,
             hubs=[
                 Hub(hub.name, pops[hub.name].ipv4, pops[hub.name].ipv6, pops[hub.name].connection, pops[hub.name].ready)
-                for hub in topology.hubs(config)
+                for hub in hubs
             ],
-            agent_certificate=keys.agent_certificate,
-            hub_client_ca_pems=tuple(keys.client_cas[hub.name].cert_pem for hub in topology.hubs(config))
-            if config.origin.agent is not None
-            else (),
-            origin_ssh_key=home_ssh_key,
+            custom_access_url=config.plex_custom_access_url,
+            tunnel=_wireguard_tunnel(config, hubs[0].name) if config.origin.link == "wireguard" else None,
+            agent=_agent_install(config, keys, home_ssh_key) if config.origin.agent is not None else None,
         ),
     )
     transcode = (
@@ -207,6 +215,87 @@ def build_stack(
     )
 
 
+def _wireguard_tunnel(config: StackConfig, hub: str) -> WireguardTunnel:
+    return WireguardTunnel(
+        hub_tunnel_address=str(config.origin.hub_tunnel_address),
+        hub_conf=partial(render.wireguard_hub_conf, config, hub),
+        home_conf=partial(render.wireguard_home_conf, config, hub),
+    )
+
+
+def _agent_install(config: StackConfig, keys: StackKeys, home_ssh_key: pulumi.Output[str] | None) -> AgentInstall:
+    settings = agent.require_agent(config)
+    if keys.agent_certificate is None or home_ssh_key is None:
+        raise ValueError("an origin agent needs its certificate and the SSH key of the Plex host")
+    return AgentInstall(
+        certificate=keys.agent_certificate,
+        hub_client_ca_pems=tuple(keys.client_cas[hub.name].cert_pem for hub in topology.hubs(config)),
+        connection=to_existing_host(
+            settings.ssh_host, settings.ssh_port, settings.ssh_user, home_ssh_key, settings.ssh_host_key
+        ),
+        install_script=partial(agent.install_script, config),
+        firewall_rules=partial(agent.firewall_rules, config),
+    )
+
+
+def _pop_render(config: StackConfig, pop: str) -> PopRender:
+    """The POP's texts from the stack's config; the upstream POP's address names it in the nginx config."""
+    upstream = config.pop(pop).upstream
+
+    def release(address: str, certificates: render.PeerCertificates) -> render.PopRelease:
+        return render.pop_release(config, pop, addresses={upstream: address} if address else None, peer=certificates)
+
+    return PopRender(
+        cloud_init=partial(render.cloud_init, config, pop),
+        release=release,
+        deploy_script=partial(render.deploy_nginx_script, config, pop),
+        install_credentials_script=partial(render.install_credentials_script, config, pop),
+        wait_for_first_boot_script=render.wait_for_first_boot_script(config, pop),
+    )
+
+
+def _edge_pop_args(
+    config: StackConfig,
+    place: topology.PopPlace,
+    *,
+    keys: StackKeys,
+    certbot: CertbotUser,
+    access: VmAccess,
+    upstream_address: pulumi.Output[str] | None,
+    build_dir: Path,
+) -> EdgePopArgs:
+    pop = place.pop
+    upstream = render.upstream_of(config, pop.name, render.placeholder_addresses(config))
+    return EdgePopArgs(
+        pop=pop.name,
+        host_name=config.pop_name(pop.name),
+        role=place.role,
+        provider=pop.provider,
+        region=pop.region,
+        size=pop.size,
+        label=f"plex-cdn-{config.stack}-{pop.name}",
+        tags=("plex-cdn", f"plex-cdn-{config.stack}", f"plex-cdn-{place.role}"),
+        admin_ssh_sources=tuple(config.admin.ssh_sources),
+        hub_wireguard_port=config.origin.wireguard_port
+        if place.role == "hub" and config.origin.link == "wireguard"
+        else None,
+        downstream=place.downstream,
+        upstream_client_cert_file=upstream.client_cert_file,
+        upstream_client_key_file=upstream.client_key_file,
+        secret_files=render.secret_files(config, pop.name),
+        texts=_pop_render(config, pop.name),
+        access=access,
+        certbot_access_key_id=certbot.access_key_id,
+        certbot_secret_access_key=certbot.secret_access_key,
+        peer_ca=keys.peer_ca,
+        client_ca=keys.client_cas.get(pop.name),
+        downstream_client_ca_pems=tuple(keys.client_cas[name].cert_pem for name in place.downstream),
+        origin_ca=keys.origin_ca,
+        upstream_address=upstream_address,
+        release_dir=build_dir / pop.name,
+    )
+
+
 def _build_plex_settings(
     config: StackConfig,
     pops: dict[str, EdgePop],
@@ -226,15 +315,32 @@ def _build_plex_settings(
         *(pulumi.Output.all(name, address) for name, pop in pops.items() for address in (pop.ipv4, pop.ipv6))
     ).apply(lambda pairs: [(str(pair[0]), str(pair[1])) for pair in pairs])
     hub = pops[topology.hubs(config)[0].name]
+    host = plex_settings.managed_host(config)
+    if applied_by == "plex-host" and host is not None and home_ssh_key is not None:
+        endpoint = plex_settings.local_endpoint(config)
+        connection = to_existing_host(host.host, host.port, host.user, home_ssh_key, host.host_key)
+        user, token = host.user, None
+    else:
+        hub_endpoint = plex_settings.hub_endpoint(config)
+        if hub_endpoint is None or plex_token is None:
+            raise ValueError(
+                "Plex's settings need the managed Plex host and its SSH key, or a hub reaching Plex over a "
+                "verified hop and the server's token"
+            )
+        endpoint, connection, user, token = hub_endpoint, hub.connection, "root", plex_token
+    from_stdin = token is not None
     component = PlexSettings(
         "plex-settings",
         PlexSettingsArgs(
-            config=config,
+            connection=connection,
+            user=user,
+            apply_script=lambda pairs: plex_settings.apply_script(
+                config, endpoint, plex_settings.cdn_sources(config, pairs), from_stdin
+            ),
+            restore_script=plex_settings.restore_script(config, endpoint, from_stdin),
             pop_addresses=addresses,
             serving=[pop.ready for pop in pops.values()],
-            plex_host_ssh_key=home_ssh_key if applied_by == "plex-host" else None,
-            hub_connection=hub.connection if applied_by == "hub" else None,
-            plex_token=plex_token if applied_by == "hub" else None,
+            plex_token=token,
         ),
         opts=pulumi.ResourceOptions(depends_on=[link]),
     )
@@ -260,10 +366,10 @@ def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Outp
         TranscodeSlave(
             f"transcode-{slave.name}",
             TranscodeSlaveArgs(
-                config=config,
                 slave=slave.name,
-                ssh_private_key=ssh_key,
-                access=access,
+                address=config.transcode.slave_address(slave.name),
+                machine=_slave_machine(config, slave, access, ssh_key),
+                setup_script=partial(transcode_render.slave_setup_script, config, slave.name),
                 dispatch_public_key=dispatch_public_key,
                 origin_wireguard_public_key=origin_wireguard_key,
                 origin_ready=origin_ready,
@@ -271,9 +377,25 @@ def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Outp
         )
         for slave in config.transcode.slaves
     ]
+    origin_host = config.transcode.origin
     origin = TranscodeOrigin(
         "transcode-origin",
-        TranscodeOriginArgs(config=config, ssh_private_key=ssh_key, slaves=[slave.endpoint for slave in slaves]),
+        TranscodeOriginArgs(
+            connection=to_existing_host(
+                origin_host.host, origin_host.port, origin_host.user, ssh_key, origin_host.host_key
+            ),
+            user=origin_host.user,
+            slaves=[slave.endpoint for slave in slaves],
+            cloud_slaves=tuple(slave.name for slave in config.transcode.cloud_slaves),
+            dispatch_key_comment=transcode_render.dispatch_key_comment(config.stack),
+            plex_uid=config.transcode.plex_uid,
+            plex_gid=config.transcode.plex_gid,
+            share_script=partial(transcode_render.origin_share_script, config),
+            share_teardown_script=transcode_render.origin_share_teardown_script(config),
+            dispatcher_script=partial(transcode_render.origin_dispatcher_script, config),
+            dispatcher_teardown_script=transcode_render.origin_dispatcher_teardown_script(config),
+            exports=transcode_render.exports_file(config),
+        ),
     )
     resolve_dispatch_key(origin.dispatch_public_key)
     resolve_wireguard_key(origin.wireguard_public_key)
@@ -290,12 +412,40 @@ def _build_transcode(config: StackConfig, access: VmAccess, ssh_key: pulumi.Outp
     )
 
 
+def _slave_machine(
+    config: StackConfig, slave: TranscodeSlaveConfig, access: VmAccess, ssh_key: pulumi.Output[str]
+) -> CloudSlaveVm | HostSlave:
+    assert config.transcode is not None
+    if slave.kind == "cloud":
+        return CloudSlaveVm(
+            provider=slave.provider,
+            region=slave.region,
+            size=slave.size,
+            label=f"plex-cdn-{config.stack}-transcode-{slave.name}",
+            tags=("plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-transcode"),
+            admin_ssh_sources=tuple(config.admin.ssh_sources),
+            wireguard_port=config.transcode.wireguard_port,
+            cloud_init=partial(transcode_render.slave_cloud_init, config, slave.name),
+            access=access,
+        )
+    return HostSlave(
+        connection=to_existing_host(slave.host, slave.port, slave.user, ssh_key, slave.host_key),
+        user=slave.user,
+        teardown_script=transcode_render.slave_teardown_script(config, slave.name),
+    )
+
+
 def _build_library(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output[str] | None) -> LibraryOutputs:
     """The swarm's keys, then every peer. Each peer's config names all the others, whose addresses a cloud
     peer has only once its VM exists: a deferred output carries the list to every peer."""
     assert config.library is not None
     library = config.library
-    swarm = LibrarySwarm("library", LibrarySwarmArgs(library=library))
+    swarm = LibrarySwarm(
+        "library",
+        LibrarySwarmArgs(
+            peers=tuple(peer.name for peer in library.peers), seeders=tuple(seeder.name for seeder in library.seeders)
+        ),
+    )
     members: pulumi.Output[Sequence[Member]]
     resolve_members: Callable[[pulumi.Output[Sequence[Member]]], None]
     members, resolve_members = pulumi.deferred_output()
@@ -304,14 +454,18 @@ def _build_library(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output
         peer.name: LibraryPeer(
             f"library-{peer.name}",
             LibraryPeerArgs(
-                config=config,
                 peer=peer.name,
+                role=peer.role,
+                machine=_library_machine(config, peer, access, ssh_key),
+                kubo_config=partial(library_render.kubo_config, config, peer.name),
+                install_script=_library_install_script(config, peer.name, peer.kind == "cloud"),
+                library_paths={seeder.name: peer.library_path(seeder.name) for seeder in library.seeders}
+                if peer.role == "viewer"
+                else None,
                 swarm_key_file=swarm.swarm_key_file,
                 keys=swarm.peers[peer.name],
                 members=members,
                 seeder_ipns_names=seeder_names,
-                ssh_private_key=ssh_key,
-                access=access,
             ),
         )
         for peer in library.peers
@@ -331,4 +485,38 @@ def _build_library(config: StackConfig, access: VmAccess, ssh_key: pulumi.Output
             for name, peer in peers.items()
         },
         monthly_cost_usd=library.cloud_monthly_usd,
+    )
+
+
+def _library_machine(
+    config: StackConfig, peer: LibraryPeerConfig, access: VmAccess, ssh_key: pulumi.Output[str] | None
+) -> CloudPeerVm | HostPeer:
+    assert config.library is not None
+    if peer.kind == "cloud":
+        return CloudPeerVm(
+            provider=peer.provider,
+            region=peer.region,
+            size=peer.size,
+            label=f"plex-cdn-{config.stack}-library-{peer.name}",
+            tags=("plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-library"),
+            admin_ssh_sources=tuple(config.admin.ssh_sources),
+            swarm_port=config.library.swarm_port,
+            cloud_init=partial(library_render.cloud_init, config, peer.name),
+            access=access,
+        )
+    if ssh_key is None:
+        raise ValueError(f"library peer {peer.name} is kind host: it needs plex-cdn:homeSshKey")
+    return HostPeer(
+        connection=to_existing_host(peer.host, peer.port, peer.user, ssh_key, peer.host_key),
+        address=peer.host,
+        swarm_cidrs=peer.swarm_cidrs,
+        uninstall_script=library_render.uninstall_script(config, peer.name),
+    )
+
+
+def _library_install_script(
+    config: StackConfig, peer: str, cloud: bool
+) -> Callable[[Mapping[str, Any], Sequence[Member], Mapping[str, str]], str]:
+    return lambda document, members, seeders: library_render.install_script(
+        config, peer, document=document, members=members, seeder_names=seeders, cloud=cloud
     )

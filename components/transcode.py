@@ -8,27 +8,50 @@ origin's files mounted at the same paths, and the guard as the only thing the or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
-from components.connections import to_existing_host
 from components.outputs import secret
 from components.vm import WORLD, FirewallRule, VmAccess, VmSpec, create_vm
 from plexcdn import wireguard
-from plexcdn.config import StackConfig
 from plexcdn.transcode import render
+from plexcdn.vm_identity import VmIdentity
+
+
+@dataclass(frozen=True)
+class CloudSlaveVm:
+    """A cloud slave's VM, reached with the stack's deploy key."""
+
+    provider: str
+    region: str
+    size: str
+    label: str  # the VM's name at the provider
+    tags: tuple[str, ...]
+    admin_ssh_sources: tuple[str, ...]
+    wireguard_port: int  # where the Plex server's tunnel dials in
+    cloud_init: Callable[[VmIdentity], str]
+    access: VmAccess
+
+
+@dataclass(frozen=True)
+class HostSlave:
+    """A machine of yours, reached over SSH with plex-cdn:homeSshKey."""
+
+    connection: command.remote.ConnectionArgs
+    user: str  # the scripts run as root: through sudo unless this is root
+    teardown_script: str  # `pulumi destroy` gives back what the set-up changed
 
 
 @dataclass(frozen=True)
 class TranscodeSlaveArgs:
-    config: StackConfig
     slave: str
-    ssh_private_key: pulumi.Output[str]  # plex-cdn:homeSshKey: how `pulumi up` logs in to a host slave
-    access: VmAccess  # the stack's deploy key: how it logs in to a cloud slave
+    address: str  # where the dispatcher reaches it: the LAN address or the tunnel address
+    machine: CloudSlaveVm | HostSlave
+    setup_script: Callable[[str, str], str]  # given the dispatch key and the origin's tunnel key
     dispatch_public_key: pulumi.Output[str]  # the key the Plex server's dispatcher logs in with
     origin_wireguard_public_key: pulumi.Output[str]
     origin_ready: pulumi.Output[Sequence[pulumi.Resource]]  # the origin's exports and tunnel: mounts need them
@@ -45,13 +68,12 @@ class SlaveEndpoint:
     wireguard_public_key: pulumi.Output[str] | None
 
 
-def firewall_rules(config: StackConfig) -> list[FirewallRule]:
+def firewall_rules(vm: CloudSlaveVm) -> list[FirewallRule]:
     """SSH from the admin's network only; WireGuard from anywhere, since the Plex server's home address changes
     (the tunnel's keys are what admit it). The dispatcher's SSH arrives inside the tunnel, past this firewall."""
-    assert config.transcode is not None
     return [
-        FirewallRule("tcp", 22, list(config.admin.ssh_sources), "ssh-admin"),
-        FirewallRule("udp", config.transcode.wireguard_port, list(WORLD), "wireguard"),
+        FirewallRule("tcp", 22, list(vm.admin_ssh_sources), "ssh-admin"),
+        FirewallRule("udp", vm.wireguard_port, list(WORLD), "wireguard"),
     ]
 
 
@@ -61,32 +83,29 @@ class TranscodeSlave(pulumi.ComponentResource):
     public_ipv4: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: TranscodeSlaveArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        config = args.config
-        if config.transcode is None:
-            raise ValueError("a TranscodeSlave needs the stack's plex-cdn:transcode settings")
-        transcode = config.transcode
-        slave = transcode.slave(args.slave)
+        machine = args.machine
+        kind = "cloud" if isinstance(machine, CloudSlaveVm) else "host"
         super().__init__("plex-cdn:transcode:TranscodeSlave", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.address = transcode.slave_address(slave.name)
+        self.address = args.address
         self.public_ipv4 = None
         wireguard_public: pulumi.Output[str] | None = None
         local_dependencies: list[pulumi.Resource] = []
 
-        if slave.kind == "cloud":
+        if isinstance(machine, CloudSlaveVm):
             user = "root"
             vm = create_vm(
                 VmSpec(
                     name=name,
-                    label=f"plex-cdn-{config.stack}-transcode-{slave.name}",
-                    provider=slave.provider,
-                    region=slave.region,
-                    size=slave.size,
-                    user_data=lambda identity: render.slave_cloud_init(config, slave.name, identity),
-                    firewall_rules=firewall_rules(config),
-                    tags=["plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-transcode"],
+                    label=machine.label,
+                    provider=machine.provider,
+                    region=machine.region,
+                    size=machine.size,
+                    user_data=machine.cloud_init,
+                    firewall_rules=firewall_rules(machine),
+                    tags=machine.tags,
                 ),
-                args.access,
+                machine.access,
                 parent=self,
             )
             self.public_ipv4 = vm.ipv4
@@ -113,16 +132,13 @@ class TranscodeSlave(pulumi.ComponentResource):
                 )
             )
         else:
-            user = slave.user
-            connection = to_existing_host(slave.host, slave.port, user, args.ssh_private_key, slave.host_key)
+            user, connection = machine.user, machine.connection
 
         create = pulumi.Output.all(args.dispatch_public_key, args.origin_wireguard_public_key).apply(
-            lambda keys: render.as_root(render.slave_setup_script(config, slave.name, keys[0], keys[1]), user)
+            lambda keys: render.as_root(args.setup_script(keys[0], keys[1]), user)
         )
-        # A cloud slave goes with its VM; a machine of yours gets back what the set-up changed.
-        delete = (
-            render.as_root(render.slave_teardown_script(config, slave.name), user) if slave.kind == "host" else None
-        )
+        # A cloud slave goes with its VM.
+        delete = render.as_root(machine.teardown_script, user) if isinstance(machine, HostSlave) else None
         setup = command.remote.Command(
             f"{name}-setup",
             connection=connection,
@@ -135,11 +151,11 @@ class TranscodeSlave(pulumi.ComponentResource):
                 delete_before_replace=True,
             ),
         )
-        host_key = setup.stdout.apply(lambda out: render.parse_host_key(out, slave.name))
-        self.endpoint = SlaveEndpoint(slave.name, host_key, setup, self.public_ipv4, wireguard_public)
+        host_key = setup.stdout.apply(lambda out: render.parse_host_key(out, args.slave))
+        self.endpoint = SlaveEndpoint(args.slave, host_key, setup, self.public_ipv4, wireguard_public)
         self.register_outputs(
             {
-                "kind": slave.kind,
+                "kind": kind,
                 "address": self.address,
                 "public_ipv4": self.public_ipv4,
                 "host_key": host_key,

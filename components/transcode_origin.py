@@ -7,7 +7,7 @@ exports and the tunnel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -15,19 +15,26 @@ import pulumi_command as command
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components.connections import to_existing_host
 from components.outputs import secret
 from components.transcode import SlaveEndpoint
 from plexcdn import wireguard
-from plexcdn.config import StackConfig
 from plexcdn.transcode import render
 
 
 @dataclass(frozen=True)
 class TranscodeOriginArgs:
-    config: StackConfig
-    ssh_private_key: pulumi.Output[str]  # plex-cdn:homeSshKey
-    slaves: Sequence[SlaveEndpoint]
+    connection: command.remote.ConnectionArgs  # to the Plex server, with plex-cdn:homeSshKey
+    user: str  # the scripts run as root: through sudo unless this is root
+    slaves: Sequence[SlaveEndpoint]  # every slave, in the stack file's order
+    cloud_slaves: tuple[str, ...]  # those the Plex server's tunnel dials out to
+    dispatch_key_comment: str  # what the slaves find the dispatch key by in authorized_keys
+    plex_uid: int  # the dispatch key is Plex's to read
+    plex_gid: int
+    share_script: Callable[[Mapping[str, render.CloudPeer]], str]  # given the cloud slaves' tunnel peers
+    share_teardown_script: str
+    dispatcher_script: Callable[[Mapping[str, str]], str]  # given each slave's SSH host key
+    dispatcher_teardown_script: str
+    exports: str  # the exports file the share script writes
 
 
 class TranscodeOrigin(pulumi.ComponentResource):
@@ -37,30 +44,23 @@ class TranscodeOrigin(pulumi.ComponentResource):
     dispatcher: command.remote.Command
 
     def __init__(self, name: str, args: TranscodeOriginArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        config = args.config
-        if config.transcode is None:
-            raise ValueError("a TranscodeOrigin needs the stack's plex-cdn:transcode settings")
-        transcode = config.transcode
         endpoints = {endpoint.name: endpoint for endpoint in args.slaves}
-        missing = [slave.name for slave in transcode.slaves if slave.name not in endpoints]
+        missing = [slave for slave in args.cloud_slaves if slave not in endpoints]
         if missing:
             raise ValueError(f"TranscodeOrigin: no endpoint for slaves {', '.join(missing)}")
         super().__init__("plex-cdn:transcode_origin:TranscodeOrigin", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        user = transcode.origin.user
-        connection = to_existing_host(
-            transcode.origin.host, transcode.origin.port, user, args.ssh_private_key, transcode.origin.host_key
-        )
+        user, connection = args.user, args.connection
 
         dispatch_key = tls.PrivateKey(f"{name}-dispatch-ssh", algorithm="ED25519", opts=child)
-        comment = render.dispatch_key_comment(config.stack)
+        comment = args.dispatch_key_comment
         self.dispatch_public_key = dispatch_key.public_key_openssh.apply(lambda key: f"{key.strip()} {comment}")
         dispatch_key_file = command.remote.Command(
             f"{name}-dispatch-key-install",
             connection=connection,
             create=render.as_root(
                 render.secret_file_script(
-                    render.DISPATCH_KEY, "the dispatch key", uid=transcode.plex_uid, gid=transcode.plex_gid
+                    render.DISPATCH_KEY, "the dispatch key", uid=args.plex_uid, gid=args.plex_gid
                 ),
                 user,
             ),
@@ -73,7 +73,7 @@ class TranscodeOrigin(pulumi.ComponentResource):
         share_dependencies: list[pulumi.Resource] = []
         peers: pulumi.Output[dict[str, render.CloudPeer]] = pulumi.Output.from_input({})
         self.wireguard_public_key = pulumi.Output.from_input("")
-        if transcode.cloud_slaves:
+        if args.cloud_slaves:
             private_key = secret(random.RandomBytes(f"{name}-tunnel-key", length=32, opts=child).base64)
             self.wireguard_public_key = pulumi.Output.unsecret(private_key.apply(wireguard.public_key))
             share_dependencies.append(
@@ -92,26 +92,24 @@ class TranscodeOrigin(pulumi.ComponentResource):
                     opts=child,
                 )
             )
-            peers = pulumi.Output.all(
-                *(_peer(slave.name, endpoints[slave.name]) for slave in transcode.cloud_slaves)
-            ).apply(dict)
+            peers = pulumi.Output.all(*(_peer(slave, endpoints[slave]) for slave in args.cloud_slaves)).apply(dict)
 
         share = command.remote.Command(
             f"{name}-share",
             connection=connection,
-            create=peers.apply(lambda known: render.as_root(render.origin_share_script(config, known), user)),
-            delete=render.as_root(render.origin_share_teardown_script(config), user),
+            create=peers.apply(lambda known: render.as_root(args.share_script(known), user)),
+            delete=render.as_root(args.share_teardown_script, user),
             logging=command.remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=share_dependencies, delete_before_replace=True),
         )
         self.ready_for_mounts = pulumi.Output.from_input([share])
 
-        host_keys = pulumi.Output.all(*(_host_key(endpoints[slave.name]) for slave in transcode.slaves)).apply(dict)
+        host_keys = pulumi.Output.all(*(_host_key(endpoint) for endpoint in args.slaves)).apply(dict)
         self.dispatcher = command.remote.Command(
             f"{name}-dispatcher",
             connection=connection,
-            create=host_keys.apply(lambda keys: render.as_root(render.origin_dispatcher_script(config, keys), user)),
-            delete=render.as_root(render.origin_dispatcher_teardown_script(config), user),
+            create=host_keys.apply(lambda keys: render.as_root(args.dispatcher_script(keys), user)),
+            delete=render.as_root(args.dispatcher_teardown_script, user),
             logging=command.remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -123,8 +121,8 @@ class TranscodeOrigin(pulumi.ComponentResource):
             {
                 "dispatch_public_key": self.dispatch_public_key,
                 "wireguard_public_key": self.wireguard_public_key,
-                "exports": render.exports_file(config),
-                "slaves": [slave.name for slave in transcode.slaves],
+                "exports": args.exports,
+                "slaves": [endpoint.name for endpoint in args.slaves],
             }
         )
 

@@ -11,7 +11,8 @@ machines, so the lab prepares it from its own user_data, as the user would have 
   127.0.0.1 (behind the agent) and plain HTTP on the tunnel's home address (`wireguard`; bound before
   the tunnel exists, as a wildcard listener would answer there once it does); each logs the headers
   that reached it;
-- wireguard-tools, which the WireGuard docs ask the user to install;
+- wireguard-tools and nftables, which the WireGuard config needs (its `PreUp` loads an nftables table:
+  without `nft` wg-quick does not bring the tunnel up);
 - the user's own SSH key for root (what `plex-cdn:homeSshKey` holds), beside the lab's key that the
   image authorizes.
 
@@ -38,7 +39,7 @@ STANDIN_DIR: Final = "/opt/plex-standin"
 DATA_DIR: Final = "/var/lib/plex-standin"
 MEDIA_FILE: Final = f"{DATA_DIR}/media.mkv"
 TLS_DIR: Final = "/etc/plex-standin"
-PACKAGES: Final = ("python3-aiohttp", "python3-cryptography", "wireguard-tools")
+PACKAGES: Final = ("python3-aiohttp", "python3-cryptography", "wireguard-tools", "nftables")
 PLEX_PORT: Final = 32400
 
 

@@ -19,6 +19,9 @@ from plexcdn import regions
 
 STREAM_MBIT: Final = 30.0  # a 4K stream, the bitrate the stack's viewing estimate assumes
 CPU_CEILING: Final = 0.95  # a core this busy has no headroom left for a burst or a handshake storm
+# A whole core this busy leaves a process on it waiting for its turn: the level's rate shortfall is put
+# down to it. Lower than CPU_CEILING because the share is sampled over a few seconds on a shared machine.
+CORE_FULL: Final = 0.9
 RATE_FLOOR: Final = 0.95  # a viewer below this share of its bitrate drains its buffer and rebuffers
 DEFAULT_CAP: Final = 80
 GB: Final = 1e9
@@ -206,16 +209,18 @@ def limiting_side(
 
     nginx using its core is the POP's limit. A viewer short of its bitrate while nginx had headroom is the
     client side's limit when their core was full (the viewers and the origin share one core), or the POP
-    core's when other work filled it; otherwise the cause was not seen."""
+    core's when other work filled it, the busier of the two when both were; otherwise the cause was not
+    seen."""
     if nginx_share >= CPU_CEILING:
         return "pop"
     if slowest_ratio is not None and slowest_ratio >= RATE_FLOOR:
         return None
-    if client_core_busy is not None and client_core_busy >= CPU_CEILING:
-        return "clients"
-    if pop_core_busy is not None and pop_core_busy >= CPU_CEILING:
-        return "pop core (other work)"
-    return "undetermined"
+    full = [
+        (busy, side)
+        for side, busy in (("clients", client_core_busy), ("pop core (other work)", pop_core_busy))
+        if busy is not None and busy >= CORE_FULL
+    ]
+    return max(full)[1] if full else "undetermined"
 
 
 def memory_per_stream_mb(baseline_kb: int | None, peak_kb: int | None, viewers: int) -> float | None:
@@ -293,15 +298,14 @@ def summarize_level(
 
 def viewers_per_core(levels: Sequence[Mapping[str, Any]], bitrate_mbit: float = STREAM_MBIT) -> dict[str, Any]:
     """The per-core figure: the largest level that did not saturate, and the count the measured CPU cost
-    says one core carries at `CPU_CEILING` (the median CPU seconds per GB over the clean levels with at
-    least five viewers, or all clean levels if none had five). The estimate is what counts when the client
-    side saturated first and the POP never reached its own limit."""
+    says one core carries at `CPU_CEILING`. The cost is the largest clean level's: a byte costs more with
+    more connections open (more wake-ups, smaller writes), so the level nearest saturation predicts it
+    best. The estimate is what counts when the client side saturated first and the POP never reached its
+    own limit."""
     clean = [level for level in levels if not level["saturated"]]
     saturated = next((level for level in levels if level["saturated"]), None)
-    costs = [level["cpu_s_per_gb"] for level in clean if level["viewers"] >= 5 and level["cpu_s_per_gb"]]
-    if not costs:
-        costs = [level["cpu_s_per_gb"] for level in clean if level["cpu_s_per_gb"]]
-    cost = statistics.median(costs) if costs else None
+    costed = [level for level in clean if level["cpu_s_per_gb"]]
+    cost = max(costed, key=lambda level: level["viewers"])["cpu_s_per_gb"] if costed else None
     per_viewer_share = None if cost is None else cost * stream_bytes_per_s(bitrate_mbit) / GB
     estimate = None if not per_viewer_share else math.floor(CPU_CEILING / per_viewer_share)
     memory = [
@@ -447,7 +451,8 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         "",
         f"Result: {saturated}; the largest clean level had "
         f"{per_core['largest_clean_level'] if per_core['largest_clean_level'] is not None else 'no'} viewers. "
-        f"nginx's CPU cost: {_number(per_core['cpu_s_per_gb'], 2)} CPU s per GB relayed, so one core carries "
+        f"nginx's CPU cost at the largest clean level: {_number(per_core['cpu_s_per_gb'], 2)} CPU s per GB "
+        "relayed, so one core carries "
         f"about {per_core['estimated_viewers_per_core'] or 'n/a'} viewers at {CPU_CEILING * 100:.0f} % busy.",
         "",
     ]

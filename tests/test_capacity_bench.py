@@ -148,6 +148,9 @@ def test_which_side_limited_a_level() -> None:
     assert report.limiting_side(0.97, 0.99, 0.99, 0.5) == "pop"  # nginx using its core comes first
     assert report.limiting_side(0.6, 0.7, 0.98, 0.8) == "clients"
     assert report.limiting_side(0.6, 0.99, 0.5, 0.8) == "pop core (other work)"
+    # Both cores full: the busier one kept its side waiting.
+    assert report.limiting_side(0.24, 0.95, 0.88, 0.7) == "pop core (other work)"
+    assert report.limiting_side(0.24, 0.91, 0.97, 0.7) == "clients"
     assert report.limiting_side(0.6, 0.7, 0.5, 0.8) == "undetermined"
     assert report.limiting_side(0.6, None, None, None) == "undetermined"
 
@@ -226,9 +229,10 @@ def fake_level(viewers: int, cost: float | None, saturated: bool = False, pss: f
 
 
 def test_viewers_per_core_come_from_the_cpu_cost_of_the_clean_levels() -> None:
-    levels = [fake_level(1, 9.0), fake_level(5, 2.0), fake_level(10, 2.0, pss=3.0), fake_level(20, 1.0, True)]
+    levels = [fake_level(1, 9.0), fake_level(5, 1.5), fake_level(10, 2.0, pss=3.0), fake_level(20, 1.0, True)]
     per_core = report.viewers_per_core(levels)
-    # 2 CPU s per GB at 3.75 MB/s a viewer is 0.0075 of a core each: 126 viewers to 95 %.
+    # The largest clean level's cost: 2 CPU s per GB at 3.75 MB/s a viewer is 0.0075 of a core each, so
+    # 126 viewers to 95 %.
     assert per_core["cpu_s_per_gb"] == pytest.approx(2.0)
     assert per_core["estimated_viewers_per_core"] == 126
     assert per_core["largest_clean_level"] == 10

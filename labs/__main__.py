@@ -7,6 +7,7 @@
     python -m labs lab vms logs             every guest's nginx, certbot, cloud-init logs and console
     python -m labs lab vms down
     python -m labs bench [--short]          the WAN benchmark
+    python -m labs bench capacity [--short] the capacity benchmark: viewers per POP core
 
 `python -m plexcdn lab ...` and `python -m plexcdn bench ...` are aliases of these.
 """
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from labs.capacity_report import DEFAULT_CAP as DEFAULT_VIEWER_CAP
 from labs.netns import LabError, lab_unavailable_reason
 from plexcdn.config import ConfigError
 
@@ -97,6 +99,11 @@ def _vms_down(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.benchmark == "capacity":
+        return _capacity(args)
+    if args.max_viewers is not None or args.level_seconds is not None:
+        print("error: --max-viewers and --level-seconds belong to `bench capacity`", file=sys.stderr)
+        return 2
     from labs import wan_bench
 
     def bench() -> int:
@@ -108,6 +115,38 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
 
     return run_in_lab("benchmark", bench)
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from labs import capacity_bench, capacity_report
+
+    try:
+        plan = capacity_bench.plan_for(args.short, args.max_viewers, args.level_seconds)
+    except ValueError as error:
+        print(f"error: --level-seconds: {error}", file=sys.stderr)
+        return 2
+
+    def bench() -> int:
+        stack = Path(args.stack) if args.stack else capacity_bench.DEFAULT_STACK
+        results = capacity_bench.run(plan, stack)
+        for path in capacity_bench.write_results(results, Path(args.out) if args.out else capacity_bench.RESULTS_DIR):
+            print(path)
+        print(capacity_report.markdown_report(results))
+        return 0
+
+    return run_in_lab("capacity benchmark", bench)
+
+
+def _viewer_cap(text: str) -> int:
+    if (value := int(text)) < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _level_seconds(text: str) -> float:
+    if (value := float(text)) <= 0:
+        raise argparse.ArgumentTypeError("must be above zero")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,11 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vms_commands.add_parser("down", help="stop the guests and remove the boot lab").set_defaults(handler=_vms_down)
     bench = commands.add_parser(
-        "bench", help="WAN benchmark: direct vs. naive relay vs. plex-cdn over emulated links (root)"
+        "bench",
+        help="WAN benchmark: direct vs. naive relay vs. plex-cdn over emulated links; "
+        "`bench capacity`: viewers per POP core (root)",
     )
-    bench.add_argument("--short", action="store_true", help="fewer and shorter runs (about 6 minutes)")
+    bench.add_argument(
+        "benchmark",
+        nargs="?",
+        choices=("wan", "capacity"),
+        default="wan",
+        help="wan (the default): the WAN benchmark; capacity: 30 Mbit/s viewers one POP core carries",
+    )
+    bench.add_argument(
+        "--short", action="store_true", help="fewer and shorter runs (WAN: about 6 minutes; capacity: 8 s levels)"
+    )
     bench.add_argument("--stack", help="the stack whose POP configs are measured (default: Pulumi.dev.yaml)")
-    bench.add_argument("--out", help="where latest.json, latest.md and latest.png go (default: bench/results)")
+    bench.add_argument(
+        "--out",
+        help="where the results go (default: bench/results): latest.{json,md,png}, or capacity.{json,md,png}",
+    )
+    bench.add_argument(
+        "--max-viewers", type=_viewer_cap, help=f"capacity: stop at this many viewers (default {DEFAULT_VIEWER_CAP})"
+    )
+    bench.add_argument(
+        "--level-seconds",
+        type=_level_seconds,
+        help="capacity: seconds per level (default 20, short 8, about 6 at least)",
+    )
     bench.set_defaults(handler=_bench)
     return parser
 

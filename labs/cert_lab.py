@@ -68,6 +68,7 @@ from plexcdn.config import StackConfig, load_stack_file
 
 CERTBOT_VENV_VARIABLE: Final = "PLEXCDN_CERTBOT_VENV"
 CACHE_DIR: Final = Path("/var/cache/plexcdn-lab")
+LETS_ENCRYPT_VALIDITY_SECONDS: Final = 90 * 24 * 3600
 NETNS_PREFIX: Final = "pcc-"
 LAB_SUBNET: Final = ipaddress.IPv4Network("198.18.96.0/30")
 POP_ADDRESS: Final = LAB_SUBNET.network_address + 1
@@ -551,6 +552,9 @@ class Pebble:
                 "tlsPort": 5001,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": False,
+                # What Let's Encrypt issues (Pebble's own default is five years): renewal timing, the POPs'
+                # certificate check and a TLS scan's lifespan check then see what they would in production.
+                "certificateValidityPeriod": LETS_ENCRYPT_VALIDITY_SECONDS,
             }
         }
         config_file = self.lab_dir / "pebble-config.json"

@@ -32,6 +32,7 @@ from labs.cert_lab import (
     ENV_FILE_PATH,
     ISSUE_SCRIPT_PATH,
     LAB_ENV_OVERRIDES,
+    LETS_ENCRYPT_VALIDITY_SECONDS,
     PREFIXED_ENV_KEYS,
     SIGNING_REGION,
     CertLab,
@@ -184,6 +185,8 @@ def test_first_issuance_puts_the_certificate_where_nginx_reads_it(issued: Issued
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert sorted(names) == sorted(lab.certificate_names)
     assert lab.cert_name == lab.config.pop_name(POP)
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert abs(lifetime.total_seconds() - LETS_ENCRYPT_VALIDITY_SECONDS) < 3600, "as Let's Encrypt issues"
     root = x509.load_pem_x509_certificate(lab.pebble.root_file.read_bytes())
     assert len(chain) >= 2
     leaf.verify_directly_issued_by(chain[1])

@@ -56,7 +56,6 @@ def run_check(certificate: Path, state_dir: Path) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         check=False,
-        cwd=state_dir.parent,
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from labs.plex_standin import BackgroundOrigin, LabSession, OriginSettings, make
 from plexcdn import status
 from plexcdn.config import HOME_LAN_RANGES, parse_config
 from tests.conftest import example_values
-from tests.test_certificate_check import CERTIFICATE_CHECK, self_signed_certificate
+from tests.test_certificate_check import run_check, self_signed_certificate
 
 NOW = datetime.datetime(2026, 8, 1, 12, 0, tzinfo=datetime.UTC)
 TOKEN = "status-owner-token-9d2e"
@@ -65,20 +64,7 @@ def test_the_composite_command_keeps_each_checks_output_and_exit_status(tmp_path
     log.write_text(log_line("web-1") + "\n")
     certificate = self_signed_certificate(tmp_path, days=40)
     state_dir = tmp_path / "pops" / "edge" / "var" / "lib" / "plex-cdn"
-    checked = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            str(CERTIFICATE_CHECK),
-            "--certificate",
-            str(certificate),
-            "--state-dir",
-            str(state_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    checked = run_check(certificate, state_dir)
     assert checked.returncode == 0, checked.stderr
     opts = options(pop_prefix=str(tmp_path / "pops" / "{pop}"))
     command = status._composite(status.POP_CHECKS, opts, "edge")

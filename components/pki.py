@@ -7,6 +7,10 @@ and whoever it connects to trusts exactly the client CAs of the POPs allowed to 
 credentials are retired by dropping its CA, without touching anyone else's. Private keys are Pulumi
 secrets from the moment they exist.
 
+Every certificate names its key (subject key identifier) and every leaf its issuer's (authority key
+identifier, which the tls provider copies from the CA's): RFC 5280 verifiers such as the one Python's
+`cryptography` and sslyze use refuse a leaf without it, where nginx's OpenSSL does not ask.
+
 Leaves live a year at most (Mozilla's guidelines allow 366 days) and are reissued by the first `pulumi up`
 in their last 90 days: pulumi-tls plans a replacement once a certificate is within `early_renewal_hours`
 of its end (`ready_for_renewal`), and the new certificate changes the release that carries it.
@@ -52,6 +56,8 @@ def create_ca(name: str, common_name: str, parent: pulumi.Resource) -> Certifica
         validity_period_hours=CA_VALIDITY_HOURS,
         early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
         allowed_uses=["cert_signing", "crl_signing"],
+        set_subject_key_id=True,
+        set_authority_key_id=True,
         subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization="plex-cdn"),
         opts=child,
     )
@@ -85,6 +91,7 @@ def issue(
         validity_period_hours=LEAF_VALIDITY_HOURS,
         early_renewal_hours=LEAF_EARLY_RENEWAL_HOURS,
         allowed_uses=["digital_signature", "key_encipherment", usage],
+        set_subject_key_id=True,
         opts=child,
     )
     return IssuedCertificate(cert.cert_pem, secret(key.private_key_pem))

@@ -133,6 +133,7 @@ def _certificate(
     issuer: x509.Name,
     issuer_key: PrivateKey,
     dns_names: list[str],
+    issuer_certificate: x509.Certificate | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     hours = int(inputs.get("validityPeriodHours", 24))
@@ -166,7 +167,22 @@ def _certificate(
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False
         )
-    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    # As Go's x509.CreateCertificate, which the tls provider calls: a CA always gets a subject key
+    # identifier, a leaf only when asked; a leaf's authority key identifier is its issuer's subject key
+    # identifier, a self-signed certificate's only when asked.
+    if inputs.get("setSubjectKeyId") or inputs.get("isCaCertificate"):
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    if issuer_certificate is not None:
+        try:
+            issuer_key_id = issuer_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            issuer_key_id = None
+        if issuer_key_id is not None:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_key_id), critical=False
+            )
+    elif inputs.get("setAuthorityKeyId"):
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
     return builder.sign(issuer_key, _signature_hash(issuer_key))  # type: ignore[arg-type]
 
 
@@ -300,6 +316,7 @@ class StackEngine(pulumi.runtime.Mocks):
             issuer=authority.subject,
             issuer_key=authority_key,
             dns_names=list(names),
+            issuer_certificate=authority,
         )
         return f"{name}-id", {"certPem": _pem(certificate), "readyForRenewal": False}
 

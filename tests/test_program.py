@@ -477,6 +477,7 @@ def test_every_certificate_the_stack_issues_lives_a_year_at_most_and_is_renewed_
         validity, renewal = int(leaf.inputs["validityPeriodHours"]), int(leaf.inputs["earlyRenewalHours"])
         assert validity <= 365 * 24, leaf.name
         assert 30 * 24 <= renewal < validity, leaf.name
+        assert leaf.inputs["setSubjectKeyId"] is True, leaf.name
     # Each POP's client certificate comes from that POP's own client CA.
     assert monitor.named("asia-peer-client-cert").inputs["caCertPem"] == _mock_cert("keys-asia-client-ca")
     assert monitor.named("us-origin-client-cert").inputs["caCertPem"] == _mock_cert("keys-us-client-ca")
@@ -484,6 +485,7 @@ def test_every_certificate_the_stack_issues_lives_a_year_at_most_and_is_renewed_
     for authority in monitor.of_type("tls:index/selfSignedCert:SelfSignedCert"):
         assert authority.inputs["isCaCertificate"] and authority.inputs["maxPathLength"] == 0, authority.name
         assert 0 < int(authority.inputs["earlyRenewalHours"]) < int(authority.inputs["validityPeriodHours"])
+        assert authority.inputs["setSubjectKeyId"] is True and authority.inputs["setAuthorityKeyId"] is True
 
 
 def _mock_cert(name: str) -> str:

@@ -58,13 +58,37 @@ def test_every_pop_ends_first_boot_clean_with_nginx_bbr_fq_a_certificate_and_ren
         assert pops.on(pop, "nginx -v 2>&1").startswith("nginx version: nginx/1.26"), "Debian 13's nginx"
 
 
-def test_the_edges_tls_on_debian_13s_openssl_is_mozilla_intermediate(pops: Pops) -> None:
+def test_the_pops_tls_on_debian_13s_openssl_is_mozilla_intermediate(pops: Pops, tmp_path: Path) -> None:
     """Issue #20, finding 6, with the POPs' own OpenSSL: sslyze from the viewers' network on the edge's viewer
-    port, with the certificate the lab's ACME server issued it (90 days, as Let's Encrypt's)."""
+    port, with the certificate the lab's ACME server issued it (90 days, as Let's Encrypt's), and on the hub's
+    peer port with the edge's client certificate, as the edge connects: the stack's peer CA, as the tls
+    provider makes it, must pass RFC 5280 path validation, not only nginx's."""
     assert pops.lab.pebble is not None
-    target = tls_scan.TlsTarget(pops.guest("asia").address, 443, pops.config.shared_name, pops.lab.pebble.root_file)
-    report = tls_scan.scan(target, wrap=lambda argv: ["ip", "netns", "exec", pops.lab.viewer_namespace, *argv])
-    assert_mozilla_intermediate(report)
+    edge, hub = "asia", "us"
+    peer_files = {
+        "cert": render.PEER_CLIENT_CERT_FILE,
+        "key": render.PEER_CLIENT_KEY_FILE,
+        "ca": render.PEER_CA_FILE,
+    }
+    copied = {}
+    for what, name in peer_files.items():
+        copied[what] = tmp_path / name
+        copied[what].write_text(pops.on(edge, f"cat /etc/nginx/{name}"))
+        copied[what].chmod(0o600)
+    targets = [
+        tls_scan.TlsTarget(pops.guest(edge).address, 443, pops.config.shared_name, pops.lab.pebble.root_file),
+        tls_scan.TlsTarget(
+            pops.guest(hub).address,
+            render.PEER_PORT,
+            pops.config.pop_name(hub),
+            copied["ca"],
+            client_cert=copied["cert"],
+            client_key=copied["key"],
+        ),
+    ]
+    for target in targets:
+        report = tls_scan.scan(target, wrap=lambda argv: ["ip", "netns", "exec", pops.lab.viewer_namespace, *argv])
+        assert_mozilla_intermediate(report)
 
 
 def test_only_root_reaches_the_metadata_address_from_the_first_boot_on(pops: Pops) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,8 +26,8 @@ class PopRender:
     once `pulumi up` made it take those values."""
 
     cloud_init: Callable[[VmIdentity], str]
-    # Given the upstream POP's address ("" at a hub) and the certificates' public halves.
-    release: Callable[[str, render.PeerCertificates], render.PopRelease]
+    # Given the addresses of the POPs it relays to (none at a hub), by POP name, and the certificates' public halves.
+    release: Callable[[Mapping[str, str], render.PeerCertificates], render.PopRelease]
     deploy_script: Callable[[render.PopRelease], str]
     install_credentials_script: Callable[[str], str]  # given certbot's access key id
     wait_for_first_boot_script: str
@@ -37,6 +37,9 @@ class PopRender:
 class EdgePopArgs:
     pop: str  # its name in the stack file
     host_name: str  # its public name: what its certificates are issued for
+    peer_name: (
+        str  # the name every POP's peer-port certificate carries besides its own (edges with a fallback check it)
+    )
     role: Literal["hub", "edge"]
     provider: str
     region: str
@@ -57,7 +60,8 @@ class EdgePopArgs:
     client_ca: CertificateAuthority | None  # this POP's own, for its client certificate upstream (None: it shows none)
     downstream_client_ca_pems: tuple[pulumi.Output[str], ...]  # the client CAs of the POPs that connect to this one
     origin_ca: CertificateAuthority | None  # with an origin agent: what a hub verifies the agent by
-    upstream_address: pulumi.Output[str] | None  # the upstream POP's IPv4; None for a hub
+    # The IPv4 of each POP it relays to (its upstream, and its fallback if it has one) by POP name; none for a hub
+    upstream_addresses: tuple[tuple[str, pulumi.Output[str]], ...]
     release_dir: Path  # where the nginx release is written for CopyToRemote, relative to the project
 
 
@@ -85,8 +89,8 @@ class EdgePop(pulumi.ComponentResource):
     ready: pulumi.Resource  # the deploy command: the POP serves its config once it has run
 
     def __init__(self, name: str, args: EdgePopArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        if (args.role == "edge") != (args.upstream_address is not None):
-            raise ValueError(f"POP {args.pop}: an upstream address is needed exactly when its upstream is a POP")
+        if (args.role == "edge") != bool(args.upstream_addresses):
+            raise ValueError(f"POP {args.pop}: upstream addresses are needed exactly when its upstream is a POP")
         super().__init__("plex-cdn:edge_pop:EdgePop", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         texts = args.texts
@@ -129,7 +133,7 @@ class EdgePop(pulumi.ComponentResource):
                 f"{name}-peer-server",
                 args.peer_ca,
                 args.host_name,
-                server_names=[args.host_name],
+                server_names=[args.host_name, args.peer_name],
                 parent=self,
             )
             keys[render.PEER_SERVER_KEY_FILE] = server.private_key_pem
@@ -138,8 +142,12 @@ class EdgePop(pulumi.ComponentResource):
         empty = pulumi.Output.from_input("")
         origin_ca_pem = args.origin_ca.cert_pem if args.origin_ca else empty
 
+        relays_to = [pop for pop, _ in args.upstream_addresses]
+
         def write(values: list[str]) -> tuple[str, str]:
-            address, peer_ca_pem, agent_ca_pem, client_cert_pem, server_cert_pem, *downstream_cas = values
+            peer_ca_pem, agent_ca_pem, client_cert_pem, server_cert_pem, *rest = values
+            addresses = dict(zip(relays_to, rest[: len(relays_to)], strict=True))
+            downstream_cas = rest[len(relays_to) :]
             certificates = render.PeerCertificates(
                 ca_pem=peer_ca_pem,
                 client_cert_pem=client_cert_pem or render.PLACEHOLDER_PEER_CLIENT_CERT,
@@ -148,16 +156,16 @@ class EdgePop(pulumi.ComponentResource):
                 origin_client_cert_pem=client_cert_pem or render.PLACEHOLDER_ORIGIN_CLIENT_CERT,
                 client_cas_pem="".join(downstream_cas) or render.PLACEHOLDER_PEER_CLIENT_CAS,
             )
-            release = texts.release(address, certificates)
+            release = texts.release(addresses, certificates)
             release_dir = render.write_release(release, args.release_dir)
             return os.path.relpath(release_dir), texts.deploy_script(release)
 
         release = pulumi.Output.all(
-            args.upstream_address or empty,
             args.peer_ca.cert_pem,
             origin_ca_pem,
             client.cert_pem if client else empty,
             server.cert_pem if server else empty,
+            *(address for _, address in args.upstream_addresses),
             *args.downstream_client_ca_pems,
         ).apply(write)
 

@@ -150,7 +150,7 @@ def build_stack(
     outputs: dict[str, PopOutputs] = {}
     for place in topology.places(config):
         name = place.pop.name
-        upstream = pops[place.pop.upstream] if place.role == "edge" else None
+        relays_to = [way for way in (place.pop.upstream, place.fallback) if way is not None and way != topology.ORIGIN]
         pop = EdgePop(
             name,
             _edge_pop_args(
@@ -159,7 +159,7 @@ def build_stack(
                 keys=keys,
                 certbot=certbot,
                 access=access,
-                upstream_address=upstream.ipv4 if upstream is not None else None,
+                upstream_addresses=tuple((way, pops[way].ipv4) for way in relays_to),
                 build_dir=build_dir,
             ),
         )
@@ -239,11 +239,10 @@ def _agent_install(config: StackConfig, keys: StackKeys, home_ssh_key: pulumi.Ou
 
 
 def _pop_render(config: StackConfig, pop: str) -> PopRender:
-    """The POP's texts from the stack's config; the upstream POP's address names it in the nginx config."""
-    upstream = config.pop(pop).upstream
+    """The POP's texts from the stack's config; the addresses of the POPs it relays to name them in the nginx config."""
 
-    def release(address: str, certificates: render.PeerCertificates) -> render.PopRelease:
-        return render.pop_release(config, pop, addresses={upstream: address} if address else None, peer=certificates)
+    def release(addresses: Mapping[str, str], certificates: render.PeerCertificates) -> render.PopRelease:
+        return render.pop_release(config, pop, addresses=dict(addresses) or None, peer=certificates)
 
     return PopRender(
         cloud_init=partial(render.cloud_init, config, pop),
@@ -261,7 +260,7 @@ def _edge_pop_args(
     keys: StackKeys,
     certbot: CertbotUser,
     access: VmAccess,
-    upstream_address: pulumi.Output[str] | None,
+    upstream_addresses: tuple[tuple[str, pulumi.Output[str]], ...],
     build_dir: Path,
 ) -> EdgePopArgs:
     pop = place.pop
@@ -269,6 +268,7 @@ def _edge_pop_args(
     return EdgePopArgs(
         pop=pop.name,
         host_name=config.pop_name(pop.name),
+        peer_name=config.peer_name,
         role=place.role,
         provider=pop.provider,
         region=pop.region,
@@ -291,7 +291,7 @@ def _edge_pop_args(
         client_ca=keys.client_cas.get(pop.name),
         downstream_client_ca_pems=tuple(keys.client_cas[name].cert_pem for name in place.downstream),
         origin_ca=keys.origin_ca,
-        upstream_address=upstream_address,
+        upstream_addresses=upstream_addresses,
         release_dir=build_dir / pop.name,
     )
 

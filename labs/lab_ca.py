@@ -402,10 +402,13 @@ class LabCA:
         _write(key_path, key_pem(key), PRIVATE_KEY_MODE)
         return ClientCertificate(certificate, cert_path, key_path)
 
-    def issue_server(self, name: str, cert_path: Path, key_path: Path) -> ClientCertificate:
-        """A serverAuth certificate for `name` as two files, like a POP's peer port certificate; key 0600."""
+    def issue_server(
+        self, name: str, cert_path: Path, key_path: Path, *, also: Sequence[str] = ()
+    ) -> ClientCertificate:
+        """A serverAuth certificate for `name` (and the names in `also`) as two files, like a POP's peer port
+        certificate; key 0600."""
         key = new_key("ecdsa")
-        certificate = self.leaf([name], key, organization="plex-cdn")
+        certificate = self.leaf([name, *also], key, organization="plex-cdn")
         for path in (cert_path, key_path):
             path.parent.mkdir(parents=True, exist_ok=True)
         _write(cert_path, cert_pem(certificate) + self.chain_pem(), PUBLIC_FILE_MODE)

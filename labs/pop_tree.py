@@ -51,7 +51,10 @@ def peer_certificates(
         client_pem = client.cert_path.read_text()
     if place.downstream:
         server = peer_ca.issue_server(
-            config.pop_name(pop), work_dir / "peer-server.crt", conf_dir / render.PEER_SERVER_KEY_FILE
+            config.pop_name(pop),
+            work_dir / "peer-server.crt",
+            conf_dir / render.PEER_SERVER_KEY_FILE,
+            also=[config.peer_name],
         )
         server_pem = server.cert_path.read_text()
         roots = {issuers.get(downstream, peer_ca).root_path for downstream in place.downstream}

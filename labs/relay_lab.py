@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ LAB_NETWORK = ipaddress.ip_network("198.18.0.0/20")
 STATE_DIR = Path("/run/plexcdn-lab")
 ORIGIN_TLS_NAME_FALLBACK = "origin.lab.plex-cdn"
 MEDIA_PATH = lab_origin.MEDIA_PATH
+SILENCE_TABLE = "plexcdn_lab_silence"
 DEFAULT_MEDIA_MB = 200
 
 # Joins two of the lab's namespaces over a subnet and returns (first role's address, second role's address).
@@ -113,13 +115,48 @@ class RelayLab:
         command = next(line for line in service.splitlines() if line.startswith("ExecStart=")).split("=", 1)[1]
         return self.lab.run(pop, command.removeprefix("-").split(), check=False)
 
+    def kill_nginx(self, pop: str) -> None:
+        """nginx gone at once, master and workers (one process group), as when it crashes: the POP's kernel
+        refuses new connections and resets the open ones."""
+        pid = int((self.pop_dir(pop) / "run" / "nginx.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.lab.run(pop, ["ss", "-Hltn", "sport = :443"], check=False).stdout.strip():
+            if time.monotonic() > deadline:
+                raise LabError(f"nginx of POP {pop} still listens after SIGKILL")
+            time.sleep(0.05)
+
+    def silence(self, role: str) -> None:
+        """Every packet in and out of the namespace dropped without a word, as a VM that died does."""
+        rules = (
+            f"table inet {SILENCE_TABLE} {{\n"
+            "  chain in { type filter hook input priority -400; policy drop; }\n"
+            "  chain out { type filter hook output priority -400; policy drop; }\n"
+            "}\n"
+        )
+        self.lab.run(role, ["nft", "-f", "-"], input=rules)
+
+    def unsilence(self, role: str) -> None:
+        self.lab.run(role, ["nft", "delete", "table", "inet", SILENCE_TABLE])
+
+    def relay_addresses(self, pop: str, config: StackConfig | None = None) -> dict[str, str]:
+        """The lab addresses of the POPs `pop` relays to (its upstream and fallback), by POP name."""
+        place = topology.place(config or self.config, pop)
+        ways = (place.pop.upstream, place.fallback)
+        return {way: self.addresses[(pop, way)][1] for way in ways if way is not None and way != topology.ORIGIN}
+
+    def start_upstream_watch(self, pop: str) -> subprocess.Popen[bytes]:
+        """plexcdn-upstream-watch as its unit runs it (the unit's own arguments), in the edge's namespace."""
+        program = f"{sys.executable} -I {PROJECT_ROOT / 'plexcdn' / 'upstream_watch.py'}"
+        units = render.upstream_watch_units(self.config, pop, self.relay_addresses(pop), program=program)
+        service = units[render.UPSTREAM_WATCH_UNIT]
+        command = next(line for line in service.splitlines() if line.startswith("ExecStart=")).split("=", 1)[1]
+        return self.lab.start(pop, command.split(), log=self.root / f"{pop}-upstream-watch.out")
+
     def render_pop(self, pop: str, config: StackConfig | None = None) -> None:
         """(Re)write a POP's nginx files from `config` (default: the lab's), as the deploy would."""
         config = config or self.config
-        place = topology.place(config, pop)
-        addresses = {}
-        if place.role == "edge":
-            addresses[place.pop.upstream] = self.addresses[(pop, place.pop.upstream)][1]
+        addresses = self.relay_addresses(pop, config)
         conf_dir = self.conf(pop).parent
         conf_dir.mkdir(parents=True, exist_ok=True)
         self.client_cas = pop_tree.client_cas(config, self.root / "client-cas", self.client_cas)
@@ -167,8 +204,8 @@ def _origin_tls_name(config: StackConfig) -> str:
 
 
 def _links(config: StackConfig) -> list[tuple[str, str]]:
-    """Every hop of the tree as (downstream, upstream), plus the viewer's hop to the deepest POP."""
-    hops = [(pop.name, pop.upstream) for pop in config.pops]
+    """Every hop of the tree as (downstream, upstream or fallback), plus the viewer's hop to the deepest POP."""
+    hops = [(pop.name, way) for pop in config.pops for way in (pop.upstream, pop.fallback) if way is not None]
     deepest = max(topology.places(config), key=lambda p: (p.hops, p.pop.name)).pop.name
     return [("client", deepest), *hops]
 
@@ -222,6 +259,8 @@ def build(
         if test.returncode != 0:
             raise LabError(f"nginx -t rejected POP {place.pop.name}'s rendered config: {test.stderr}")
         relay.start_nginx(place.pop.name)
+        if place.fallback is not None:
+            relay.start_upstream_watch(place.pop.name)
     return relay
 
 

@@ -51,6 +51,8 @@ def _validate(args: argparse.Namespace) -> int:
     for place in topology.places(config):
         region = place.pop.region_info
         route = " -> ".join([*place.path_to_origin, "origin"])
+        if place.fallback is not None:
+            route += f" (or {' -> '.join([*topology.place(config, place.fallback).path_to_origin, 'origin'])})"
         print(
             f"{place.pop.name:<12} {place.role:<4} {config.pop_name(place.pop.name):<32} "
             f"{place.pop.provider}/{place.pop.region} ({region.city}, latency region {region.aws_region})  {route}"

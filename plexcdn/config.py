@@ -484,6 +484,21 @@ class PopConfig(Settings):
         ),
     ]
 
+    fallback: Annotated[
+        str | None,
+        Text(
+            "another POP's name",
+            valid="another POP's name: not this POP or its upstream, reaching the origin without passing through "
+            "either; only on an edge",
+            schema={"type": "string", "pattern": "^[a-z][a-z0-9]{0,11}$"},
+        ),
+        Field(
+            description="an edge's second way to the origin: the POP it relays to while its upstream does not answer "
+            "(for example a second hub). The edge checks its upstream twice a second and moves to the fallback within "
+            "about a second of it going silent; a viewer's next range request goes through the fallback"
+        ),
+    ] = None
+
     @property
     def region_info(self) -> regions.Region:
         return regions.region(self.provider, self.region)
@@ -1298,6 +1313,13 @@ class StackConfig(Settings):
             if pop.name == name:
                 return pop
         raise KeyError(name)
+
+    @property
+    def peer_name(self) -> str:
+        """The name every POP's peer-port certificate carries besides its own: what an edge with a fallback
+        verifies, since either of two POPs may answer it. Only the stack's peer CA issues for it; it is never
+        published in DNS."""
+        return f"peers.{self.shared_name}"
 
     def certificate_names(self, pop: str) -> tuple[str, str]:
         """The names on a POP's certificate: the shared name and its own, the own name first (it names the lineage)."""

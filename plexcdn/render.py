@@ -66,6 +66,17 @@ ORIGIN_RESOLVER_UNITS: Final = ("plexcdn-origin-resolve.service", "plexcdn-origi
 CERTIFICATE_CHECK_PROGRAM: Final = "plexcdn-certificate-check"
 CERTIFICATE_CHECK_UNITS: Final = ("plexcdn-certificate-check.service", "plexcdn-certificate-check.timer")
 WARM_CHAIN_UNIT: Final = "plexcdn-warm-chain.service"
+# On an edge with a fallback POP: the watch that moves it there while its upstream is silent.
+UPSTREAM_WATCH_PROGRAM: Final = "plexcdn-upstream-watch"
+UPSTREAM_WATCH_UNIT: Final = "plexcdn-upstream-watch.service"
+NGINX_USER: Final = "www-data"
+# A POP-to-POP connection is made in one round trip (under 0.3 s between continents): with a fallback to
+# go to, waiting longer for a silent upstream only keeps the viewer waiting.
+FALLBACK_CONNECT_TIMEOUT_SECONDS: Final = 1
+CONNECT_TIMEOUT_SECONDS: Final = 5
+HEALTH_CONNECT_TIMEOUT_SECONDS: Final = 3
+# How long nginx leaves an upstream that failed a connection alone before it tries it again.
+UPSTREAM_FAIL_TIMEOUT_SECONDS: Final = 5
 WARM_PATH: Final = "/plexcdn/warm"
 WARM_TIMEOUT_SECONDS: Final = 15
 POP_UNITS: Final = (*CERTIFICATE_CHECK_UNITS, WARM_CHAIN_UNIT)
@@ -149,6 +160,12 @@ class Upstream:
     trusted_certificate: str = ""  # a file beside nginx.conf, or an absolute path (prefixed in labs)
     client_cert_file: str = ""  # this POP's certificate for the hop, when the far end asks for one
     client_key_file: str = ""
+    backup_server: str = ""  # host:port of the fallback POP, used while `server` fails
+    connect_timeout_seconds: int = CONNECT_TIMEOUT_SECONDS
+
+    @property
+    def health_connect_timeout_seconds(self) -> int:
+        return min(HEALTH_CONNECT_TIMEOUT_SECONDS, self.connect_timeout_seconds)
 
 
 def placeholder_addresses(config: StackConfig) -> dict[str, str]:
@@ -167,16 +184,24 @@ def upstream_of(config: StackConfig, pop_name: str, addresses: Mapping[str, str]
     if pop.upstream != "origin":
         name = config.pop_name(pop.upstream)
         address = addresses[pop.upstream]
-        # Both ends of a POP-to-POP hop show certificates from the stack's own peer CA.
+        label = f"POP {pop.upstream} ({name} at {address})"
+        fallback = ""
+        if pop.fallback is not None:
+            fallback = f"{addresses[pop.fallback]}:{PEER_PORT}"
+            label += f", or POP {pop.fallback} ({config.pop_name(pop.fallback)} at {fallback}) while it fails"
+        # Both ends of a POP-to-POP hop show certificates from the stack's own peer CA. With a fallback either POP
+        # may answer, so the name checked is the one every peer-port certificate carries.
         return Upstream(
-            f"POP {pop.upstream} ({name} at {address})",
+            label,
             f"{address}:{PEER_PORT}",
             "https",
-            name,
+            config.peer_name if fallback else name,
             verify=True,
             trusted_certificate=PEER_CA_FILE,
             client_cert_file=PEER_CLIENT_CERT_FILE,
             client_key_file=PEER_CLIENT_KEY_FILE,
+            backup_server=fallback,
+            connect_timeout_seconds=FALLBACK_CONNECT_TIMEOUT_SECONDS if fallback else CONNECT_TIMEOUT_SECONDS,
         )
     origin = config.origin
     if origin.link == "wireguard":
@@ -321,6 +346,9 @@ def _pop_context(
         "role": place.role,
         "downstream": place.downstream,
         "pop_name": config.pop_name(pop_name),
+        "peer_name": config.peer_name,
+        "nginx_user": NGINX_USER,
+        "upstream_fail_timeout_seconds": UPSTREAM_FAIL_TIMEOUT_SECONDS,
         "shared_name": config.shared_name,
         "certificate_names": config.certificate_names(pop_name),
         "nginx": config.nginx,
@@ -483,6 +511,23 @@ def pop_units(config: StackConfig, pop_name: str, prefix: str = "") -> dict[str,
     return units
 
 
+def upstream_watch_units(
+    config: StackConfig, pop_name: str, addresses: Mapping[str, str] | None = None, program: str = ""
+) -> dict[str, str]:
+    """An edge with a fallback POP watches its upstream (plexcdn-upstream-watch); other POPs have nothing here."""
+    pop = config.pop(pop_name)
+    if pop.fallback is None:
+        return {}
+    address = (addresses or placeholder_addresses(config))[pop.upstream]
+    context = {
+        "program": program or f"/usr/local/sbin/{UPSTREAM_WATCH_PROGRAM}",
+        "upstream": address,
+        "port": PEER_PORT,
+        "nginx_user": NGINX_USER,
+    }
+    return {UPSTREAM_WATCH_UNIT: render_template(f"pop/{UPSTREAM_WATCH_UNIT}.j2", **context)}
+
+
 def pop_release(
     config: StackConfig,
     pop_name: str,
@@ -491,10 +536,13 @@ def pop_release(
 ) -> PopRelease:
     nginx = nginx_files(config, pop_name, addresses=addresses, peer=peer)
     resolver_units = origin_resolver_units(config, pop_name)
-    units = pop_units(config, pop_name) | resolver_units
+    watch_units = upstream_watch_units(config, pop_name, addresses)
+    units = pop_units(config, pop_name) | resolver_units | watch_units
     programs = {CERTIFICATE_CHECK_PROGRAM: (PROJECT_ROOT / "plexcdn" / "certificate_check.py").read_text()}
     if resolver_units:
         programs[ORIGIN_RESOLVER_PROGRAM] = (PROJECT_ROOT / "plexcdn" / "origin_resolver.py").read_text()
+    if watch_units:
+        programs[UPSTREAM_WATCH_PROGRAM] = (PROJECT_ROOT / "plexcdn" / "upstream_watch.py").read_text()
     identity = release_id(
         nginx
         | {f"sbin/{name}": text for name, text in programs.items()}
@@ -532,8 +580,10 @@ def deploy_nginx_script(config: StackConfig, pop_name: str, release: PopRelease)
     resolved = origin_resolved_port(config, pop_name)
     # Timers before the services they start.
     retired_units = sorted(
-        (u for u in ORIGIN_RESOLVER_UNITS if u not in release.units), key=lambda u: not u.endswith(".timer")
+        (u for u in (*ORIGIN_RESOLVER_UNITS, UPSTREAM_WATCH_UNIT) if u not in release.units),
+        key=lambda u: not u.endswith(".timer"),
     )
+    optional_programs = (ORIGIN_RESOLVER_PROGRAM, UPSTREAM_WATCH_PROGRAM)
     return render_template(
         "deploy/deploy-nginx.sh.j2",
         pop_name=config.pop_name(pop_name),
@@ -544,6 +594,7 @@ def deploy_nginx_script(config: StackConfig, pop_name: str, release: PopRelease)
         units=sorted(release.units),
         timers=[unit for unit in sorted(release.units) if unit.endswith(".timer")],
         warmers=[WARM_CHAIN_UNIT] if WARM_CHAIN_UNIT in release.units else [],
+        watchers=[UPSTREAM_WATCH_UNIT] if UPSTREAM_WATCH_UNIT in release.units else [],
         resolver=(
             f"/usr/local/sbin/{ORIGIN_RESOLVER_PROGRAM} --host {resolved[0]} --port {resolved[1]} "
             f"--servers-file /etc/nginx/{ORIGIN_SERVERS_FILE}"
@@ -554,7 +605,7 @@ def deploy_nginx_script(config: StackConfig, pop_name: str, release: PopRelease)
         release_wait_seconds=RELEASE_WAIT_SECONDS,
         retired_files=retired_nginx_files(config, pop_name, release),
         retired_units=retired_units,
-        retired_programs=[] if ORIGIN_RESOLVER_PROGRAM in release.programs else [ORIGIN_RESOLVER_PROGRAM],
+        retired_programs=[name for name in optional_programs if name not in release.programs],
     )
 
 

@@ -23,11 +23,23 @@ class PopPlace:
     pop: PopConfig
     role: Literal["hub", "edge"]
     path_to_origin: tuple[str, ...]  # this POP's name, then each upstream POP's, ending before the origin
-    downstream: tuple[str, ...]  # POPs whose upstream is this one: they connect on the peer port
+    # POPs that connect on the peer port: those whose upstream is this one, and those that fall back to it
+    downstream: tuple[str, ...]
+    depth: int  # the longest way to the origin through upstreams and fallbacks, in POPs
 
     @property
     def hops(self) -> int:
         return len(self.path_to_origin)
+
+    @property
+    def fallback(self) -> str | None:
+        return self.pop.fallback
+
+
+def _depth(config: StackConfig, name: str) -> int:
+    pop = config.pop(name)
+    ways = [way for way in (pop.upstream, pop.fallback) if way is not None and way != ORIGIN]
+    return 1 + max((_depth(config, way) for way in ways), default=0)
 
 
 def place(config: StackConfig, name: str) -> PopPlace:
@@ -37,13 +49,14 @@ def place(config: StackConfig, name: str) -> PopPlace:
     while current != ORIGIN:
         path.append(current)
         current = config.pop(current).upstream
-    downstream = tuple(p.name for p in config.pops if p.upstream == name)
-    return PopPlace(pop, "hub" if pop.upstream == ORIGIN else "edge", tuple(path), downstream)
+    downstream = tuple(p.name for p in config.pops if name in (p.upstream, p.fallback))
+    return PopPlace(pop, "hub" if pop.upstream == ORIGIN else "edge", tuple(path), downstream, _depth(config, name))
 
 
 def places(config: StackConfig) -> tuple[PopPlace, ...]:
-    """Every POP's place, hubs first, then by distance from the origin, so upstreams precede their downstreams."""
-    return tuple(sorted((place(config, pop.name) for pop in config.pops), key=lambda p: (p.hops, p.pop.name)))
+    """Every POP's place, hubs first, then by distance from the origin (through upstreams and fallbacks), so the
+    POPs a POP relays to precede it."""
+    return tuple(sorted((place(config, pop.name) for pop in config.pops), key=lambda p: (p.depth, p.pop.name)))
 
 
 def hubs_of(pops: Sequence[PopConfig]) -> tuple[PopConfig, ...]:
@@ -58,7 +71,14 @@ def hubs(config: StackConfig) -> tuple[PopConfig, ...]:
 
 
 def tree_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
-    """Unique names, upstreams that exist, no cycles, at least one hub."""
+    """Unique names, upstreams that exist, no cycles, at least one hub; then the fallbacks, on a sound tree."""
+    problems = list(_upstream_problems(pops))
+    yield from problems
+    if not problems:
+        yield from fallback_problems(pops)
+
+
+def _upstream_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
     names = [pop.name for pop in pops]
     seen: set[str] = set()
     for index, pop in enumerate(pops):
@@ -92,6 +112,75 @@ def tree_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
             )
     if pops and not hubs_of(pops):
         yield Problem(("pops",), "no POP has upstream 'origin': at least one hub POP must reach the Plex server")
+
+
+def fallback_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
+    """A fallback is another way for an edge: a POP whose own way to the origin avoids the edge and its upstream,
+    and no chain of upstreams and fallbacks comes back to where it started (nginx would pass requests around it)."""
+    by_name = {pop.name: pop for pop in pops}
+
+    def path(name: str) -> list[str]:
+        chain: list[str] = []
+        while name in by_name and name not in chain:
+            chain.append(name)
+            name = by_name[name].upstream
+        return chain
+
+    for index, pop in enumerate(pops):
+        fallback = pop.fallback
+        if fallback is None:
+            continue
+        where = ("pops", index, "fallback")
+        others = [name for name in by_name if name not in (pop.name, pop.upstream)]
+        if pop.upstream == ORIGIN:
+            yield Problem(
+                where,
+                f"POP {pop.name!r} is a hub (upstream 'origin'): a fallback is an edge's second way to the origin; "
+                "leave it out here, and give this POP as the fallback of the edges that should use it",
+            )
+        elif fallback not in by_name:
+            yield Problem(where, f"{shown(fallback)} is not a POP; use {one_of(others)}")
+        elif fallback in (pop.name, pop.upstream):
+            what = "itself" if fallback == pop.name else "its upstream"
+            yield Problem(where, f"{fallback!r} is {what}; use another POP: {one_of(others)}")
+        else:
+            through = [name for name in path(fallback) if name in (pop.name, pop.upstream)]
+            if through:
+                yield Problem(
+                    where,
+                    f"POP {fallback!r} reaches the origin through {' -> '.join(path(fallback))}, which passes "
+                    f"{through[0]!r}, so it fails when this POP's way does; use a POP whose way to the origin "
+                    f"avoids {pop.name!r} and {pop.upstream!r}, such as a second hub",
+                )
+    yield from _fallback_cycles(pops)
+
+
+def _fallback_cycles(pops: Sequence[PopConfig]) -> Iterator[Problem]:
+    ways = {pop.name: [w for w in (pop.upstream, pop.fallback) if w is not None and w != ORIGIN] for pop in pops}
+    index_of = {pop.name: index for index, pop in enumerate(pops)}
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> list[str]:
+        if name in trail:
+            return [*trail[trail.index(name) :], name]
+        if name in done or name not in ways:
+            return []
+        for way in ways[name]:
+            cycle = visit(way, [*trail, name])
+            if cycle:
+                return cycle
+        done.add(name)
+        return []
+
+    for pop in pops:
+        cycle = visit(pop.name, [])
+        if cycle:
+            yield Problem(
+                ("pops", index_of[cycle[0]], "fallback"),
+                f"upstreams and fallbacks go round: {' -> '.join(cycle)}; a request could be passed around it "
+                "forever. Every way from a POP must end at 'origin'",
+            )
+            return
 
 
 def origin_link_problems(origin: OriginConfig, pops: Sequence[PopConfig]) -> Iterator[Problem]:

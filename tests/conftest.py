@@ -39,6 +39,15 @@ def five_pop_values() -> dict[str, Any]:
     return values
 
 
+def fallback_values() -> dict[str, Any]:
+    """The five-POP tree with second ways: asia falls back to the other hub, sg (behind asia) to eu."""
+    values = five_pop_values()
+    for pop in values["pops"]:
+        if pop["name"] in ("asia", "sg"):
+            pop["fallback"] = "eu"
+    return values
+
+
 def wireguard_values() -> dict[str, Any]:
     values = example_values()
     values["origin"] = {"host": "home.example.net", "port": 32400, "link": "wireguard"}

@@ -259,7 +259,11 @@ def test_a_deploy_retires_what_a_release_of_another_origin_link_installed() -> N
     earlier release enabled, and removes another link's certificates and keys before nginx -t."""
     wireguard = config_from(wireguard_values())
     script = render.deploy_nginx_script(wireguard, "us", render.pop_release(wireguard, "us"))
-    assert "for unit in plexcdn-origin-resolve.timer plexcdn-origin-resolve.service; do" in script
+    retired = [line.split()[3] for line in script.splitlines() if line.strip().startswith("systemctl disable --now")]
+    assert retired == [
+        *sorted(render.ORIGIN_RESOLVER_UNITS, key=lambda u: not u.endswith(".timer")),
+        render.UPSTREAM_WATCH_UNIT,
+    ]
     assert f"rm -f /usr/local/sbin/{render.ORIGIN_RESOLVER_PROGRAM}" in script
     removed = next(line for line in script.splitlines() if line.startswith("rm -f /etc/nginx/")).split()[2:]
     assert f"/etc/nginx/{render.ORIGIN_SERVERS_FILE}" in removed
@@ -268,7 +272,7 @@ def test_a_deploy_retires_what_a_release_of_another_origin_link_installed() -> N
     assert script.index("rm -f /etc/nginx/") < script.index("nginx -t -q"), "nginx -t runs without them"
     public = config_from(example_values())
     kept = render.deploy_nginx_script(public, "us", render.pop_release(public, "us"))
-    assert "plexcdn-origin-resolve.timer plexcdn-origin-resolve.service" not in kept
+    assert "systemctl disable --now plexcdn-origin-resolve" not in kept
     removed = next(line for line in kept.splitlines() if line.startswith("rm -f /etc/nginx/")).split()[2:]
     assert f"/etc/nginx/{render.ORIGIN_SERVERS_FILE}" not in removed, "a hub that follows the name keeps its servers"
 

@@ -17,6 +17,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.verification import PolicyBuilder, Store
 from moto import mock_aws
 
 from labs import remote_steps, stack_engine
@@ -103,8 +104,12 @@ def test_peer_certificates_chain_to_the_stacks_cas_and_match_their_keys(engine_r
     verify(edge / render.PEER_CA_FILE, "sslserver", server_cert)
     verify(hub / render.PEER_CLIENT_CAS_FILE, "sslclient", edge / render.PEER_CLIENT_CERT_FILE)
     certificate = x509.load_pem_x509_certificate(server_cert.read_bytes())
+    # RFC 5280's profile as `cryptography` (and sslyze with it) applies it: stricter than OpenSSL's default,
+    # it wants the key identifiers that link a leaf to its CA.
+    peer_ca = Store(x509.load_pem_x509_certificates((edge / render.PEER_CA_FILE).read_bytes()))
+    PolicyBuilder().store(peer_ca).build_server_verifier(x509.DNSName(config.pop_name("us"))).verify(certificate, [])
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == [config.pop_name("us")]
+    assert names.get_values_for_type(x509.DNSName) == [config.pop_name("us"), config.peer_name]
     keys = json.loads(plain_inputs(monitor, "us-nginx-deploy")["stdin"])
     key = serialization.load_pem_private_key(keys[render.PEER_SERVER_KEY_FILE].encode(), None)
     assert key.public_key().public_numbers() == certificate.public_key().public_numbers()  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from labs.lab_ca import LabCA
 from labs.netns import Lab, lab_unavailable_reason
 from plexcdn import render
 from plexcdn.config import StackConfig
-from tests.conftest import config_from, example_values, five_pop_values, wireguard_values
+from tests.conftest import config_from, example_values, fallback_values, five_pop_values, wireguard_values
 
 pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None, reason=str(lab_unavailable_reason()))
 
@@ -51,7 +51,12 @@ CASES = [
     for label, values in (("example", example_values), ("five-pop", five_pop_values), ("wireguard", wireguard_values))
     for pop in config_from(values()).pops
 ]
-STACKS = {"example": example_values, "five-pop": five_pop_values, "wireguard": wireguard_values}
+STACKS = {
+    "example": example_values,
+    "five-pop": five_pop_values,
+    "fallback": fallback_values,
+    "wireguard": wireguard_values,
+}
 
 
 @pytest.fixture(scope="module")

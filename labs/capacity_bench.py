@@ -34,7 +34,7 @@ from labs import relay_lab as relay
 from labs import wan_bench_report as wanbench
 from labs.netns import Lab, LabError
 from labs.wan_bench import machine_stamp
-from plexcdn import PROJECT_ROOT, topology
+from plexcdn import PROJECT_ROOT, capacity, topology
 from plexcdn.config import StackConfig, load_stack_file
 from plexcdn.topology import ORIGIN
 
@@ -510,7 +510,7 @@ def write_plot(results: Mapping[str, Any], path: Path) -> None:
     cpu.plot(viewers, values("nginx_core_share", 100), "o-", label="nginx (master + worker)")
     cpu.plot(viewers, values("pop_core_busy", 100), "s--", label="POP core, everything on it")
     cpu.plot(viewers, values("client_core_busy", 100), "^:", label="client + origin core")
-    cpu.axhline(report.CPU_CEILING * 100, color="black", linewidth=0.8, linestyle="--")
+    cpu.axhline(capacity.CPU_CEILING * 100, color="black", linewidth=0.8, linestyle="--")
     cpu.set_ylim(0, 105)
     cpu.set_title("CPU busy")
     cpu.set_ylabel("% of one core")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from plexcdn import regions
+from plexcdn.capacity import CPU_CEILING, NETWORK_OUT_MBIT, POP_BASE_MEMORY_MB, size_capacity
 
 STREAM_MBIT: Final = 30.0  # a 4K stream, the bitrate the stack's viewing estimate assumes
-CPU_CEILING: Final = 0.95  # a core this busy has no headroom left for a burst or a handshake storm
 # A whole core this busy leaves a process on it waiting for its turn: the level's rate shortfall is put
 # down to it. Lower than CPU_CEILING because the share is sampled over a few seconds on a shared machine.
 CORE_FULL: Final = 0.9
@@ -27,21 +27,6 @@ DEFAULT_CAP: Final = 80
 GB: Final = 1e9
 MIB: Final = 1024 * 1024
 # What a POP needs besides nginx's streams: the OS, sshd, certbot's timer and the kernel's own buffers.
-POP_BASE_MEMORY_MB: Final = 300.0
-
-# Outbound network cap of each plan the program offers, Mbit/s. These are the providers' published
-# figures at the time of writing, taken as assumptions (docs/benchmark.md#viewers-per-pop-size cites them):
-# DigitalOcean states 2 Gbps for every Droplet without Premium CPUs (none of the sizes below has them);
-# Linode publishes a per-plan "Network Out" (the `network_out` field of its plan catalog).
-NETWORK_OUT_MBIT: Final[Mapping[tuple[str, str], float]] = {
-    **{("digitalocean", slug): 2000.0 for slug in regions.PROVIDERS["digitalocean"].sizes},
-    ("linode", "g6-nanode-1"): 1000.0,
-    ("linode", "g6-standard-1"): 2000.0,
-    ("linode", "g6-standard-2"): 4000.0,
-    ("linode", "g6-standard-4"): 5000.0,
-    ("linode", "g6-dedicated-2"): 4000.0,
-    ("linode", "g6-dedicated-4"): 5000.0,
-}
 
 
 def viewer_levels(cap: int = DEFAULT_CAP) -> list[int]:
@@ -333,26 +318,19 @@ def viewers_per_size(
     rows = []
     for provider, table in regions.PROVIDERS.items():
         for size in table.sizes.values():
-            cap = NETWORK_OUT_MBIT.get((provider, size.slug))
-            limits: dict[str, int | None] = {
-                "cpu": None if per_core is None else size.vcpus * per_core,
-                "network": None if cap is None else math.floor(cap / bitrate_mbit),
-                "memory": None
-                if not memory_per_stream_mb
-                else math.floor((size.memory_gb * 1024 - POP_BASE_MEMORY_MB) / memory_per_stream_mb),
-            }
-            known = {name: value for name, value in limits.items() if value is not None}
-            bound = min(known, key=lambda name: known[name]) if known else None
+            capacity = size_capacity(
+                provider, size.slug, bitrate_mbit=bitrate_mbit, per_core=per_core, stream_memory=memory_per_stream_mb
+            )
             rows.append(
                 {
                     "provider": provider,
                     "size": size.slug,
                     "vcpus": size.vcpus,
                     "memory_gb": size.memory_gb,
-                    "network_out_mbit": cap,
-                    "limits": limits,
-                    "viewers": known[bound] if bound else None,
-                    "bound_by": bound,
+                    "network_out_mbit": NETWORK_OUT_MBIT.get((provider, size.slug)),
+                    "limits": capacity.limits,
+                    "viewers": capacity.streams,
+                    "bound_by": capacity.bound_by,
                 }
             )
     return rows

@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo
 
-from plexcdn import bounded_yaml, regions, topology, transfer
+from plexcdn import bounded_yaml, capacity, regions, topology, transfer
 from plexcdn.setting_kinds import (
     ABSOLUTE_PATH_PATTERN,
     DNS_NAME_PATTERN,
@@ -1188,6 +1188,7 @@ class PlexServerSettings(Settings):
 
 # Every viewer together, a month: 100,000 hours is about 140 streams without pause, day and night.
 VIEWING_HOURS_MAX: Final = 100_000
+VIEWERS_MAX: Final = 100_000
 
 
 class ViewingConfig(Settings):
@@ -1212,6 +1213,15 @@ class ViewingConfig(Settings):
         Doc(default=f"`{transfer.FOUR_K_MBPS}` (4K)"),
         Field(description="the streams' average bitrate in Mbit/s: about 30 for 4K, 8 to 20 for 1080p"),
     ] = float(transfer.FOUR_K_MBPS)
+    expected_concurrent_viewers: Annotated[
+        int | None,
+        WholeNumber(1, VIEWERS_MAX, "a whole number of viewers"),
+        Field(
+            description="the most viewers you expect watching at once; `validate` warns when a POP could not carry "
+            "that many streams at `bitrateMbps` if they all came through it (every stream passes a hub), by the "
+            "capacity benchmark's per-core figure and the providers' network caps (docs/benchmark.md)"
+        ),
+    ] = None
 
 
 class StackConfig(Settings):
@@ -1382,8 +1392,36 @@ class StackConfig(Settings):
             *_stream_buffer_warnings(self),
             *_verify_name_warnings(self),
             *_transfer_warnings(self),
+            *_capacity_warnings(self),
         )
         return self
+
+
+def _capacity_warnings(config: StackConfig) -> Iterator[str]:
+    """Viewers at once beyond what a POP carries: any one POP may take them all (they all live near it), and
+    every stream passes a hub."""
+    viewing = config.viewing
+    if viewing is None or viewing.expected_concurrent_viewers is None:
+        return
+    wanted = viewing.expected_concurrent_viewers
+    for pop in config.pops:
+        carried = capacity.pop_capacity(pop.provider, pop.size, viewing.bitrate_mbps, config.nginx.stream_buffer_mb)
+        streams, bound = carried.streams, carried.bound_by
+        if streams is None or streams >= wanted:
+            continue
+        why = {
+            "cpu": f"its {pop.size_info.vcpus} vCPU",
+            "network": f"its network cap of {capacity.NETWORK_OUT_MBIT.get((pop.provider, pop.size), 0):,.0f} Mbit/s "
+            "out",
+            "memory": f"its {pop.size_info.memory_gb * 1024:,.0f} MB with nginx.streamBufferMb "
+            f"{config.nginx.stream_buffer_mb}",
+        }[bound or "cpu"]
+        yield (
+            f"viewing.expectedConcurrentViewers: {wanted} viewers at once at {viewing.bitrate_mbps:g} Mbit/s are more "
+            f"than POP {pop.name!r} ({pop.provider} {pop.size}) carries if they all come through it: about {streams} "
+            f"streams, bound by {why} (docs/benchmark.md#viewers-per-pop-size, measured {capacity.MEASURED_ON}); "
+            "choose a larger size, or add POPs near the viewers"
+        )
 
 
 def _transfer_warnings(config: StackConfig) -> Iterator[str]:

@@ -13,7 +13,7 @@ from labs import __main__ as labs_cli
 from labs import capacity_bench
 from labs import capacity_report as report
 from labs.capacity_client import Viewer, ViewerPlan
-from plexcdn import regions
+from plexcdn import capacity, regions
 from plexcdn.config import StackConfig
 
 RATE = report.stream_bytes_per_s(30.0)  # 3.75 MB/s
@@ -247,7 +247,7 @@ def test_viewers_per_core_come_from_the_cpu_cost_of_the_clean_levels() -> None:
 
 def test_every_size_the_program_offers_has_a_network_cap_and_a_row() -> None:
     sizes = {(provider, slug) for provider, table in regions.PROVIDERS.items() for slug in table.sizes}
-    assert sizes == set(report.NETWORK_OUT_MBIT)
+    assert sizes == set(capacity.NETWORK_OUT_MBIT)
     rows = report.viewers_per_size(100, 4.0)
     assert {(row["provider"], row["size"]) for row in rows} == sizes
 

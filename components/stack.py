@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pulumi
 import pulumi_aws as aws
@@ -25,7 +25,7 @@ from components.plex_settings import PlexSettings, PlexSettingsArgs
 from components.stack_keys import StackKeys, StackKeysArgs
 from components.transcode import CloudSlaveVm, HostSlave, TranscodeSlave, TranscodeSlaveArgs
 from components.transcode_origin import TranscodeOrigin, TranscodeOriginArgs
-from components.vm import VmAccess
+from components.vm import VmAccess, VmPlan
 from plexcdn import agent, plex_settings, render, topology
 from plexcdn.config import (
     HOME_SSH_KEY,
@@ -39,6 +39,7 @@ from plexcdn.cost import estimate
 from plexcdn.library import render as library_render
 from plexcdn.library.render import Member
 from plexcdn.transcode import render as transcode_render
+from plexcdn.vm_identity import VmIdentity
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,6 @@ def build_stack(
     outputs: dict[str, PopOutputs] = {}
     for place in topology.places(config):
         name = place.pop.name
-        relays_to = [way for way in (place.pop.upstream, place.fallback) if way is not None and way != topology.ORIGIN]
         pop = EdgePop(
             name,
             _edge_pop_args(
@@ -159,7 +159,7 @@ def build_stack(
                 keys=keys,
                 certbot=certbot,
                 access=access,
-                upstream_addresses=tuple((way, pops[way].ipv4) for way in relays_to),
+                upstream_addresses=tuple((way, pops[way].ipv4) for way in place.relays_to),
                 build_dir=build_dir,
             ),
         )
@@ -238,6 +238,40 @@ def _agent_install(config: StackConfig, keys: StackKeys, home_ssh_key: pulumi.Ou
     )
 
 
+class VmPlace(Protocol):
+    """Where a VM of the stack runs and how big it is: a POP's, a cloud slave's or a cloud library peer's settings."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def size(self) -> str: ...
+
+
+def _vm_plan(
+    config: StackConfig,
+    machine: VmPlace,
+    *,
+    name: str,
+    role_tag: str,
+    user_data: Callable[[VmIdentity], str],
+    access: VmAccess,
+) -> VmPlan:
+    """A VM of the stack's: its label carries the stack (Linode labels are unique per account), its tags the
+    project, the stack and its role."""
+    return VmPlan(
+        provider=machine.provider,
+        region=machine.region,
+        size=machine.size,
+        label=f"plex-cdn-{config.stack}-{name}",
+        tags=("plex-cdn", f"plex-cdn-{config.stack}", role_tag),
+        admin_ssh_sources=tuple(config.admin.ssh_sources),
+        user_data=user_data,
+        access=access,
+    )
+
+
 def _pop_render(config: StackConfig, pop: str) -> PopRender:
     """The POP's texts from the stack's config; the addresses of the POPs it relays to name them in the nginx config."""
 
@@ -245,7 +279,6 @@ def _pop_render(config: StackConfig, pop: str) -> PopRender:
         return render.pop_release(config, pop, addresses=dict(addresses) or None, peer=certificates)
 
     return PopRender(
-        cloud_init=partial(render.cloud_init, config, pop),
         release=release,
         deploy_script=partial(render.deploy_nginx_script, config, pop),
         install_credentials_script=partial(render.install_credentials_script, config, pop),
@@ -270,12 +303,14 @@ def _edge_pop_args(
         host_name=config.pop_name(pop.name),
         peer_name=config.peer_name,
         role=place.role,
-        provider=pop.provider,
-        region=pop.region,
-        size=pop.size,
-        label=f"plex-cdn-{config.stack}-{pop.name}",
-        tags=("plex-cdn", f"plex-cdn-{config.stack}", f"plex-cdn-{place.role}"),
-        admin_ssh_sources=tuple(config.admin.ssh_sources),
+        vm=_vm_plan(
+            config,
+            pop,
+            name=pop.name,
+            role_tag=f"plex-cdn-{place.role}",
+            user_data=partial(render.cloud_init, config, pop.name),
+            access=access,
+        ),
         hub_wireguard_port=config.origin.wireguard_port
         if place.role == "hub" and config.origin.link == "wireguard"
         else None,
@@ -284,7 +319,6 @@ def _edge_pop_args(
         upstream_client_key_file=upstream.client_key_file,
         secret_files=render.secret_files(config, pop.name),
         texts=_pop_render(config, pop.name),
-        access=access,
         certbot_access_key_id=certbot.access_key_id,
         certbot_secret_access_key=certbot.secret_access_key,
         peer_ca=keys.peer_ca,
@@ -418,15 +452,15 @@ def _slave_machine(
     assert config.transcode is not None
     if slave.kind == "cloud":
         return CloudSlaveVm(
-            provider=slave.provider,
-            region=slave.region,
-            size=slave.size,
-            label=f"plex-cdn-{config.stack}-transcode-{slave.name}",
-            tags=("plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-transcode"),
-            admin_ssh_sources=tuple(config.admin.ssh_sources),
+            vm=_vm_plan(
+                config,
+                slave,
+                name=f"transcode-{slave.name}",
+                role_tag="plex-cdn-transcode",
+                user_data=partial(transcode_render.slave_cloud_init, config, slave.name),
+                access=access,
+            ),
             wireguard_port=config.transcode.wireguard_port,
-            cloud_init=partial(transcode_render.slave_cloud_init, config, slave.name),
-            access=access,
         )
     return HostSlave(
         connection=to_existing_host(slave.host, slave.port, slave.user, ssh_key, slave.host_key),
@@ -494,15 +528,15 @@ def _library_machine(
     assert config.library is not None
     if peer.kind == "cloud":
         return CloudPeerVm(
-            provider=peer.provider,
-            region=peer.region,
-            size=peer.size,
-            label=f"plex-cdn-{config.stack}-library-{peer.name}",
-            tags=("plex-cdn", f"plex-cdn-{config.stack}", "plex-cdn-library"),
-            admin_ssh_sources=tuple(config.admin.ssh_sources),
+            vm=_vm_plan(
+                config,
+                peer,
+                name=f"library-{peer.name}",
+                role_tag="plex-cdn-library",
+                user_data=partial(library_render.cloud_init, config, peer.name),
+                access=access,
+            ),
             swarm_port=config.library.swarm_port,
-            cloud_init=partial(library_render.cloud_init, config, peer.name),
-            access=access,
         )
     if ssh_key is None:
         raise ValueError(f"library peer {peer.name} is kind host: it needs plex-cdn:homeSshKey")

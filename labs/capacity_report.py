@@ -26,7 +26,6 @@ RATE_FLOOR: Final = 0.95  # a viewer below this share of its bitrate drains its 
 DEFAULT_CAP: Final = 80
 GB: Final = 1e9
 MIB: Final = 1024 * 1024
-# What a POP needs besides nginx's streams: the OS, sshd, certbot's timer and the kernel's own buffers.
 
 
 def viewer_levels(cap: int = DEFAULT_CAP) -> list[int]:

@@ -141,9 +141,7 @@ class RelayLab:
 
     def relay_addresses(self, pop: str, config: StackConfig | None = None) -> dict[str, str]:
         """The lab addresses of the POPs `pop` relays to (its upstream and fallback), by POP name."""
-        place = topology.place(config or self.config, pop)
-        ways = (place.pop.upstream, place.fallback)
-        return {way: self.addresses[(pop, way)][1] for way in ways if way is not None and way != topology.ORIGIN}
+        return {way: self.addresses[(pop, way)][1] for way in topology.place(config or self.config, pop).relays_to}
 
     def start_upstream_watch(self, pop: str) -> subprocess.Popen[bytes]:
         """plexcdn-upstream-watch as its unit runs it (the unit's own arguments), in the edge's namespace."""

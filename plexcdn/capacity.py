@@ -19,7 +19,8 @@ MEASURED_CPU_S_PER_GB: Final = 2.055
 MEASURED_STREAM_MEMORY_MB: Final = 5.35
 MEASURED_STREAM_BUFFER_MB: Final = 4
 CPU_CEILING: Final = 0.95  # a core this busy has no headroom left for a burst or a handshake storm
-POP_BASE_MEMORY_MB: Final = 300.0  # the system, nginx's master and its caches' keys
+# What a POP needs besides nginx's streams: the OS, sshd, certbot's timer and the kernel's own buffers.
+POP_BASE_MEMORY_MB: Final = 300.0
 GB: Final = 1e9
 
 # Outbound network cap of each plan the program offers, Mbit/s. These are the providers' published

@@ -35,11 +35,18 @@ class PopPlace:
     def fallback(self) -> str | None:
         return self.pop.fallback
 
+    @property
+    def relays_to(self) -> tuple[str, ...]:
+        """The POPs this one sends requests to: its upstream POP, then its fallback; none for a hub."""
+        return relays_to(self.pop)
+
+
+def relays_to(pop: PopConfig) -> tuple[str, ...]:
+    return tuple(way for way in (pop.upstream, pop.fallback) if way is not None and way != ORIGIN)
+
 
 def _depth(config: StackConfig, name: str) -> int:
-    pop = config.pop(name)
-    ways = [way for way in (pop.upstream, pop.fallback) if way is not None and way != ORIGIN]
-    return 1 + max((_depth(config, way) for way in ways), default=0)
+    return 1 + max((_depth(config, way) for way in relays_to(config.pop(name))), default=0)
 
 
 def place(config: StackConfig, name: str) -> PopPlace:
@@ -156,7 +163,7 @@ def fallback_problems(pops: Sequence[PopConfig]) -> Iterator[Problem]:
 
 
 def _fallback_cycles(pops: Sequence[PopConfig]) -> Iterator[Problem]:
-    ways = {pop.name: [w for w in (pop.upstream, pop.fallback) if w is not None and w != ORIGIN] for pop in pops}
+    ways = {pop.name: relays_to(pop) for pop in pops}
     index_of = {pop.name: index for index, pop in enumerate(pops)}
     done: set[str] = set()
 

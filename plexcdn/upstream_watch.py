@@ -33,7 +33,7 @@ INTERVAL_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 0.5
 MISSES = 2
 ANSWERS = 6
-# Above the main table's rule (32766), below the metadata address's (plexcdn first boot uses 100).
+# Looked up after first boot's rule for the metadata address (priority 100), before the main table (32766).
 RULE_PRIORITY = 1000
 
 

@@ -82,10 +82,10 @@ def test_pops_are_made_after_every_pop_they_relay_to() -> None:
     # uk is fewer hops from the origin than sg, but falls back to it.
     config = config_from(with_pop(fallback_values(), "uk", fallback="sg"))
     order = [place.pop.name for place in topology.places(config)]
+    assert topology.place(config, "uk").relays_to == ("eu", "sg")
     for place in topology.places(config):
-        for way in (place.pop.upstream, place.fallback):
-            if way not in (None, topology.ORIGIN):
-                assert order.index(str(way)) < order.index(place.pop.name), (place.pop.name, way)
+        for way in place.relays_to:
+            assert order.index(way) < order.index(place.pop.name), (place.pop.name, way)
 
 
 def upstream_block(config: StackConfig, pop: str) -> str:

@@ -15,9 +15,8 @@ import pulumi_command as command
 
 from components.outputs import secret
 from components.pki import CertificateAuthority, IssuedCertificate, issue
-from components.vm import WORLD, FirewallRule, VmAccess, VmSpec, create_vm
+from components.vm import WORLD, FirewallRule, VmPlan, create_vm
 from plexcdn import render
-from plexcdn.vm_identity import VmIdentity
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,6 @@ class PopRender:
     """The POP's texts, rendered from the stack's config by the caller. Those that depend on what exists only
     once `pulumi up` made it take those values."""
 
-    cloud_init: Callable[[VmIdentity], str]
     # Given the addresses of the POPs it relays to (none at a hub), by POP name, and the certificates' public halves.
     release: Callable[[Mapping[str, str], render.PeerCertificates], render.PopRelease]
     deploy_script: Callable[[render.PopRelease], str]
@@ -37,23 +35,15 @@ class PopRender:
 class EdgePopArgs:
     pop: str  # its name in the stack file
     host_name: str  # its public name: what its certificates are issued for
-    peer_name: (
-        str  # the name every POP's peer-port certificate carries besides its own (edges with a fallback check it)
-    )
+    peer_name: str  # on every peer-port certificate besides its own name: what an edge with a fallback checks
     role: Literal["hub", "edge"]
-    provider: str
-    region: str
-    size: str
-    label: str  # the VM's name at the provider
-    tags: tuple[str, ...]
-    admin_ssh_sources: tuple[str, ...]
+    vm: VmPlan
     hub_wireguard_port: int | None  # a hub's tunnel to the Plex server; None without one
     downstream: tuple[str, ...]  # the POPs that connect to its peer port
     upstream_client_cert_file: str  # the certificate it shows upstream; "" where the upstream asks for none
     upstream_client_key_file: str
     secret_files: tuple[str, ...]  # the private keys its deploy reads from stdin
     texts: PopRender
-    access: VmAccess
     certbot_access_key_id: pulumi.Output[str]
     certbot_secret_access_key: pulumi.Output[str]
     peer_ca: CertificateAuthority  # signs the peer port's certificate, and is what the upstream POP's must come from
@@ -65,10 +55,10 @@ class EdgePopArgs:
     release_dir: Path  # where the nginx release is written for CopyToRemote, relative to the project
 
 
-def firewall_rules(args: EdgePopArgs) -> list[FirewallRule]:
-    """SSH from the admin's network and admin.deployFrom only; web ports open; the peer port only where POPs connect."""
+def open_ports(args: EdgePopArgs) -> list[FirewallRule]:
+    """Besides SSH from the admin's network and admin.deployFrom: web ports open; the peer port only where POPs
+    connect."""
     rules = [
-        FirewallRule("tcp", 22, list(args.admin_ssh_sources), "ssh-admin"),
         FirewallRule("tcp", 80, list(WORLD), "http"),
         FirewallRule("tcp", 443, list(WORLD), "https"),
     ]
@@ -95,20 +85,7 @@ class EdgePop(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         texts = args.texts
 
-        vm = create_vm(
-            VmSpec(
-                name=name,
-                label=args.label,
-                provider=args.provider,
-                region=args.region,
-                size=args.size,
-                user_data=texts.cloud_init,
-                firewall_rules=firewall_rules(args),
-                tags=args.tags,
-            ),
-            args.access,
-            parent=self,
-        )
+        vm = create_vm(name, args.vm, open_ports(args), parent=self)
         self.ipv4, self.ipv6, self.vm_id, self.connection = vm.ipv4, vm.ipv6, vm.id, vm.connection
         self.host_key = vm.host_key
 

@@ -19,24 +19,16 @@ import pulumi_command as command
 
 from components.library_swarm import PeerKeys
 from components.outputs import secret
-from components.vm import FirewallRule, VmAccess, VmSpec, create_vm
+from components.vm import FirewallRule, VmPlan, create_vm
 from plexcdn.library import keys, render
-from plexcdn.vm_identity import VmIdentity
 
 
 @dataclass(frozen=True)
 class CloudPeerVm:
     """A cloud peer's VM, reached with the stack's deploy key."""
 
-    provider: str
-    region: str
-    size: str
-    label: str  # the VM's name at the provider
-    tags: tuple[str, ...]
-    admin_ssh_sources: tuple[str, ...]
+    vm: VmPlan
     swarm_port: int  # open to the other peers alone
-    cloud_init: Callable[[VmIdentity], str]
-    access: VmAccess
 
 
 @dataclass(frozen=True)
@@ -77,21 +69,7 @@ class LibraryPeer(pulumi.ComponentResource):
         if isinstance(machine, CloudPeerVm):
             swarm_sources = args.members.apply(lambda members: render.swarm_sources(members, args.peer))
             vm = create_vm(
-                VmSpec(
-                    name=name,
-                    label=machine.label,
-                    provider=machine.provider,
-                    region=machine.region,
-                    size=machine.size,
-                    user_data=machine.cloud_init,
-                    firewall_rules=[
-                        FirewallRule("tcp", 22, list(machine.admin_ssh_sources), "ssh-admin"),
-                        FirewallRule("tcp", machine.swarm_port, swarm_sources, "ipfs-swarm"),
-                    ],
-                    tags=machine.tags,
-                ),
-                machine.access,
-                parent=self,
+                name, machine.vm, [FirewallRule("tcp", machine.swarm_port, swarm_sources, "ipfs-swarm")], parent=self
             )
             address: pulumi.Output[str] = vm.ipv4
             self.member = pulumi.Output.all(args.keys.peer_id, vm.ipv4, vm.ipv6).apply(

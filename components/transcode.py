@@ -16,25 +16,17 @@ import pulumi_command as command
 import pulumi_random as random
 
 from components.outputs import secret
-from components.vm import WORLD, FirewallRule, VmAccess, VmSpec, create_vm
+from components.vm import WORLD, FirewallRule, VmPlan, create_vm
 from plexcdn import wireguard
 from plexcdn.transcode import render
-from plexcdn.vm_identity import VmIdentity
 
 
 @dataclass(frozen=True)
 class CloudSlaveVm:
     """A cloud slave's VM, reached with the stack's deploy key."""
 
-    provider: str
-    region: str
-    size: str
-    label: str  # the VM's name at the provider
-    tags: tuple[str, ...]
-    admin_ssh_sources: tuple[str, ...]
+    vm: VmPlan
     wireguard_port: int  # where the Plex server's tunnel dials in
-    cloud_init: Callable[[VmIdentity], str]
-    access: VmAccess
 
 
 @dataclass(frozen=True)
@@ -68,13 +60,10 @@ class SlaveEndpoint:
     wireguard_public_key: pulumi.Output[str] | None
 
 
-def firewall_rules(vm: CloudSlaveVm) -> list[FirewallRule]:
-    """SSH from the admin's network only; WireGuard from anywhere, since the Plex server's home address changes
+def open_ports(vm: CloudSlaveVm) -> list[FirewallRule]:
+    """Besides SSH from the admin's network: WireGuard from anywhere, since the Plex server's home address changes
     (the tunnel's keys are what admit it). The dispatcher's SSH arrives inside the tunnel, past this firewall."""
-    return [
-        FirewallRule("tcp", 22, list(vm.admin_ssh_sources), "ssh-admin"),
-        FirewallRule("udp", vm.wireguard_port, list(WORLD), "wireguard"),
-    ]
+    return [FirewallRule("udp", vm.wireguard_port, list(WORLD), "wireguard")]
 
 
 class TranscodeSlave(pulumi.ComponentResource):
@@ -94,20 +83,7 @@ class TranscodeSlave(pulumi.ComponentResource):
 
         if isinstance(machine, CloudSlaveVm):
             user = "root"
-            vm = create_vm(
-                VmSpec(
-                    name=name,
-                    label=machine.label,
-                    provider=machine.provider,
-                    region=machine.region,
-                    size=machine.size,
-                    user_data=machine.cloud_init,
-                    firewall_rules=firewall_rules(machine),
-                    tags=machine.tags,
-                ),
-                machine.access,
-                parent=self,
-            )
+            vm = create_vm(name, machine.vm, open_ports(machine), parent=self)
             self.public_ipv4 = vm.ipv4
             connection = vm.connection
             private_key = secret(random.RandomBytes(f"{name}-tunnel-key", length=32, opts=child).base64)

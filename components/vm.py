@@ -45,15 +45,18 @@ class VmAccess:
 
 
 @dataclass(frozen=True)
-class VmSpec:
-    name: str  # the Pulumi resource name prefix
-    label: str  # the name the provider shows; unique per account for Linode, so it carries the stack
+class VmPlan:
+    """What the stack decides about a component's VM: where, how big, its names at the provider, who may SSH
+    to it, its first boot and how `pulumi up` logs in. The component adds the rest of its firewall."""
+
     provider: str
     region: str
     size: str
+    label: str  # the name the provider shows; unique per account for Linode, so it carries the stack
+    tags: tuple[str, ...]
+    admin_ssh_sources: tuple[str, ...]  # port 22 is open to these alone
     user_data: Callable[[VmIdentity], str]  # first boot, given the keys the VM is known and reached by
-    firewall_rules: Sequence[FirewallRule]
-    tags: Sequence[str]
+    access: VmAccess
 
 
 @dataclass(frozen=True)
@@ -80,24 +83,25 @@ def _split(
     return split.apply(lambda pair: pair[0]), split.apply(lambda pair: pair[1])
 
 
-def create_vm(spec: VmSpec, access: VmAccess, parent: pulumi.Resource) -> Vm:
-    """The VM and its firewall. user_data is read on first boot only: changing it would replace the VM."""
-    image = regions.provider_table(spec.provider).image
-    host_key = tls.PrivateKey(
-        f"{spec.name}-ssh-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=parent)
-    )
+def create_vm(name: str, plan: VmPlan, open_ports: Sequence[FirewallRule], parent: pulumi.Resource) -> Vm:
+    """The VM and its firewall: SSH from `plan.admin_ssh_sources`, then `open_ports`. user_data is read on first
+    boot only: changing it would replace the VM."""
+    access = plan.access
+    rules = [FirewallRule("tcp", 22, list(plan.admin_ssh_sources), "ssh-admin"), *open_ports]
+    image = regions.provider_table(plan.provider).image
+    host_key = tls.PrivateKey(f"{name}-ssh-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=parent))
     host_public_key = host_key.public_key_openssh.apply(str.strip)
     identity = pulumi.Output.all(access.deploy_public_key, host_key.private_key_openssh, host_public_key).apply(
         lambda keys: VmIdentity(access.admin_ssh_public_key, keys[0].strip(), keys[1], keys[2])
     )
     # The host key is secret, so the whole user_data is.
-    user_data = secret(identity.apply(spec.user_data))
-    if spec.provider == "digitalocean":
-        resource, ipv4, ipv6 = _digitalocean(spec, image, user_data, access, parent)
-    elif spec.provider == "linode":
-        resource, ipv4, ipv6 = _linode(spec, image, user_data, access, parent)
+    user_data = secret(identity.apply(plan.user_data))
+    if plan.provider == "digitalocean":
+        resource, ipv4, ipv6 = _digitalocean(name, plan, rules, image, user_data, parent=parent)
+    elif plan.provider == "linode":
+        resource, ipv4, ipv6 = _linode(name, plan, rules, image, user_data, parent=parent)
     else:
-        raise ValueError(f"no VM adapter for provider {spec.provider!r}")
+        raise ValueError(f"no VM adapter for provider {plan.provider!r}")
     return Vm(
         resource, resource.id, ipv4, ipv6, to_new_vm(ipv4, access.deploy_private_key, host_public_key), host_public_key
     )
@@ -107,29 +111,36 @@ VmParts = tuple[pulumi.CustomResource, pulumi.Output[str], pulumi.Output[str]]
 
 
 def _digitalocean(
-    spec: VmSpec, image: str, user_data: pulumi.Output[str], access: VmAccess, parent: pulumi.Resource
+    name: str,
+    plan: VmPlan,
+    rules: Sequence[FirewallRule],
+    image: str,
+    user_data: pulumi.Output[str],
+    *,
+    parent: pulumi.Resource,
 ) -> VmParts:
+    access = plan.access
     if access.digitalocean_ssh_key_fingerprint is None:
-        raise ValueError(f"{spec.name}: a Droplet needs the stack's DigitalOcean SSH key")
+        raise ValueError(f"{name}: a Droplet needs the stack's DigitalOcean SSH key")
     child = pulumi.ResourceOptions(parent=parent)
     droplet = digitalocean.Droplet(
-        f"{spec.name}-vm",
-        name=spec.label,
+        f"{name}-vm",
+        name=plan.label,
         image=image,
-        region=spec.region,
-        size=spec.size,
+        region=plan.region,
+        size=plan.size,
         ipv6=True,
         monitoring=True,
         ssh_keys=[access.digitalocean_ssh_key_fingerprint],
         user_data=user_data,
-        tags=list(spec.tags),
+        tags=list(plan.tags),
         opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["user_data"]),
     )
     inbound = [
         digitalocean.FirewallInboundRuleArgs(
             protocol=rule.protocol, port_range=str(rule.port), source_addresses=rule.sources
         )
-        for rule in spec.firewall_rules
+        for rule in rules
     ]
     inbound.append(digitalocean.FirewallInboundRuleArgs(protocol="icmp", source_addresses=list(WORLD)))
     outbound = [
@@ -137,8 +148,8 @@ def _digitalocean(
         for protocol, ports in (("tcp", "1-65535"), ("udp", "1-65535"), ("icmp", None))
     ]
     digitalocean.Firewall(
-        f"{spec.name}-firewall",
-        name=spec.label,
+        f"{name}-firewall",
+        name=plan.label,
         droplet_ids=[droplet.id.apply(int)],
         inbound_rules=inbound,
         outbound_rules=outbound,
@@ -148,24 +159,31 @@ def _digitalocean(
 
 
 def _linode(
-    spec: VmSpec, image: str, user_data: pulumi.Output[str], access: VmAccess, parent: pulumi.Resource
+    name: str,
+    plan: VmPlan,
+    rules: Sequence[FirewallRule],
+    image: str,
+    user_data: pulumi.Output[str],
+    *,
+    parent: pulumi.Resource,
 ) -> VmParts:
+    access = plan.access
     encoded = user_data.apply(lambda text: base64.b64encode(text.encode()).decode())
     instance = linode.Instance(
-        f"{spec.name}-vm",
-        label=spec.label,
+        f"{name}-vm",
+        label=plan.label,
         image=image,
-        region=spec.region,
-        type=spec.size,
+        region=plan.region,
+        type=plan.size,
         authorized_keys=[access.deploy_public_key.apply(str.strip)],
         metadatas=[linode.InstanceMetadataArgs(user_data=encoded)],
-        tags=list(spec.tags),
+        tags=list(plan.tags),
         # Linode carries user_data inside `metadatas`: that is the property whose change would rebuild it.
         # Labels are unique per account: the old Linode must go before its replacement can take the label.
         opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["metadatas"], delete_before_replace=True),
     )
     inbounds = []
-    for rule in spec.firewall_rules:
+    for rule in rules:
         ipv4s, ipv6s = _split(rule.sources)
         inbounds.append(
             linode.FirewallInboundArgs(
@@ -181,8 +199,8 @@ def _linode(
         linode.FirewallInboundArgs(label="icmp", action="ACCEPT", protocol="ICMP", ipv4s=["0.0.0.0/0"], ipv6s=["::/0"])
     )
     linode.Firewall(
-        f"{spec.name}-firewall",
-        label=spec.label,
+        f"{name}-firewall",
+        label=plan.label,
         inbound_policy="DROP",
         outbound_policy="ACCEPT",
         inbounds=inbounds,

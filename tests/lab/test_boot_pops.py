@@ -11,6 +11,7 @@ Needs root, QEMU and mmdebstrap, and the network for the package cache. Run unde
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import random
 from pathlib import Path
@@ -23,7 +24,7 @@ from labs import package_cache, tls_scan
 from labs.guests import qemu_missing
 from labs.netns import lab_unavailable_reason
 from labs.plex_standin import MEDIA_PATH, WEBSOCKET_PATH
-from plexcdn import render
+from plexcdn import PROJECT_ROOT, render, upstream_watch
 from tests.lab.example_stack import Pops, wait_until
 from tests.lab.test_relay import assert_mozilla_intermediate
 
@@ -89,6 +90,77 @@ def test_the_pops_tls_on_debian_13s_openssl_is_mozilla_intermediate(pops: Pops, 
     for target in targets:
         report = tls_scan.scan(target, wrap=lambda argv: ["ip", "netns", "exec", pops.lab.viewer_namespace, *argv])
         assert_mozilla_intermediate(report)
+
+
+HOLD_AS_NGINX = """
+import socket, sys
+held = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+held.settimeout(None)
+open(sys.argv[3], "w").write("open")
+try:
+    held.recv(1)
+    outcome = "closed"
+except OSError as error:
+    outcome = str(error.errno)
+open(sys.argv[3], "w").write(outcome)
+"""
+CONNECT_AS_NGINX = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("connected")
+except OSError as error:
+    print(error.errno)
+"""
+
+
+def test_the_upstream_watch_runs_on_debian_13_and_its_kernel_does_what_it_asks(pops: Pops) -> None:
+    """plexcdn-upstream-watch as an edge with a fallback runs it, on the edge guest against its hub: Debian 13's
+    python3 runs it, its kernel takes the routing rule that shuts nginx's user out of a silent upstream
+    (ENETUNREACH at once, while root still reaches it) and aborts an open connection with `ss -K`
+    (ECONNABORTED), and a new run removes the rule it left."""
+    hub = pops.guest("us").address
+    program = "/tmp/plexcdn-upstream-watch"
+    pops.on(
+        "asia",
+        f"install -m 0755 /dev/stdin {program}",
+        stdin=(PROJECT_ROOT / "plexcdn" / "upstream_watch.py").read_text(),
+    )
+    pops.on("asia", "install -m 0644 /dev/stdin /tmp/hold.py", stdin=HOLD_AS_NGINX)
+    pops.on("asia", "install -m 0644 /dev/stdin /tmp/connect.py", stdin=CONNECT_AS_NGINX)
+    as_nginx = f"runuser -u {render.NGINX_USER} -- python3"
+    uid = pops.on("asia", f"id -u {render.NGINX_USER}").strip()
+    rule = f"to {hub} uidrange {uid}-{uid} unreachable"
+
+    # An open connection of nginx's user to the hub's peer port, as a kept-alive one: the watch aborts it.
+    pops.on(
+        "asia", f"rm -f /tmp/held; nohup {as_nginx} /tmp/hold.py {hub} {render.PEER_PORT} /tmp/held >/dev/null 2>&1 &"
+    )
+    wait_until(
+        lambda: pops.on("asia", "cat /tmp/held 2>/dev/null || true").strip() == "open", 30, "the held connection"
+    )
+    abort = " ".join(upstream_watch.block_commands(hub, render.PEER_PORT, int(uid))[1])
+    pops.on("asia", abort)
+    wait_until(lambda: pops.on("asia", "cat /tmp/held").strip() == str(errno.ECONNABORTED), 15, "ss -K's abort")
+
+    try:
+        # Probes of a closed port miss: after two, nginx's user has no route to the hub; root still has one.
+        said = pops.on("asia", f"{program} --upstream {hub} --port 9 --nginx-user {render.NGINX_USER} --rounds 3")
+        assert "does not answer" in said, said
+        assert rule in pops.on("asia", "ip rule show"), "the watch's rule"
+        assert pops.on("asia", f"{as_nginx} /tmp/connect.py {hub} {render.PEER_PORT}").strip() == str(errno.ENETUNREACH)
+        assert pops.on("asia", f"python3 /tmp/connect.py {hub} {render.PEER_PORT}").strip() == "connected"
+
+        # A new run (systemd's restart, a deploy) starts clean, and the hub's peer port answers it.
+        said = pops.on(
+            "asia", f"{program} --upstream {hub} --port {render.PEER_PORT} --nginx-user {render.NGINX_USER} --rounds 2"
+        )
+        assert "does not answer" not in said, said
+        assert rule not in pops.on("asia", "ip rule show")
+        assert pops.on("asia", f"{as_nginx} /tmp/connect.py {hub} {render.PEER_PORT}").strip() == "connected"
+    finally:
+        # The edge's own nginx must reach its hub again for the tests after this one, whatever happened here.
+        pops.on("asia", " ".join(upstream_watch.unblock_commands(hub, int(uid))[0]) + " 2>/dev/null || true")
 
 
 def test_only_root_reaches_the_metadata_address_from_the_first_boot_on(pops: Pops) -> None:
